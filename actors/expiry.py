@@ -1,0 +1,45 @@
+"""Everything that ends with time, in one heap drained by one task (the sweeper).
+
+Two kinds of deadline live here: a hold's `expires_at`, and the moment the oldest event of a
+subject's risk windows leaves them (so stale events are dropped even for subjects nobody checks
+again). Entries are never removed early: a confirmed hold or a re-scheduled subject leaves a stale
+entry behind, which the drainer recognises and skips. That keeps scheduling O(log n).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+from enum import StrEnum
+
+from gateway.types import SubjectKey
+
+
+class Due(StrEnum):
+    HOLD = "hold"
+    WINDOWS = "windows"
+
+
+class Expiry:
+    __slots__ = ("_heap", "_seq")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, Due, str | SubjectKey]] = []
+        self._seq = 0  # tie-breaker: keys of different kinds never get compared
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def schedule(self, when: int, kind: Due, key: str | SubjectKey) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (when, self._seq, kind, key))
+
+    def next_due(self) -> int | None:
+        return self._heap[0][0] if self._heap else None
+
+    def pop_due(self, now: int) -> Iterator[tuple[int, Due, str | SubjectKey]]:
+        """Yield (when, kind, key) for every entry due at `now`, earliest first."""
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            when, _, kind, key = heapq.heappop(heap)
+            yield when, kind, key

@@ -1,0 +1,119 @@
+"""The ledger: every actor, keyed by id, and the operations that change them.
+
+`hold`, `confirm`, `release` and `claim` are the only ways state changes; each takes plain data (a
+footprint, ids) so that replaying the journal calls exactly the same code as serving a request.
+None of them awaits: an order's several actors change together, between two awaits of the loop.
+"""
+
+from __future__ import annotations
+
+from actors.activity import ActivityActor
+from actors.expiry import Due, Expiry
+from actors.orders import Footprint
+from actors.sku import SkuActor
+from actors.subject import SubjectActor
+from gateway.types import SubjectKey
+
+
+class Ledger:
+    __slots__ = ("subjects", "activities", "skus", "expiry", "_scheduled")
+
+    def __init__(self) -> None:
+        self.subjects: dict[SubjectKey, SubjectActor] = {}
+        self.activities: dict[str, ActivityActor] = {}
+        self.skus: dict[str, SkuActor] = {}
+        self.expiry = Expiry()
+        # When each subject's next window sweep is due: the live heap entry; older ones are stale.
+        self._scheduled: dict[SubjectKey, int] = {}
+
+    def subject(self, key: SubjectKey) -> SubjectActor:
+        actor = self.subjects.get(key)
+        if actor is None:
+            actor = self.subjects[key] = SubjectActor(key)
+        return actor
+
+    def activity(self, activity_id: str) -> ActivityActor:
+        actor = self.activities.get(activity_id)
+        if actor is None:
+            actor = self.activities[activity_id] = ActivityActor(activity_id)
+        return actor
+
+    def sku(self, sku_id: str) -> SkuActor:
+        actor = self.skus.get(sku_id)
+        if actor is None:
+            actor = self.skus[sku_id] = SkuActor(sku_id)
+        return actor
+
+    def hold(self, order_id: str, t: int, fp: Footprint) -> None:
+        for skey, counter, qty in fp.counts:
+            self.subject(skey).add(counter, qty)
+        for skey, wkey, qty in fp.windows:
+            self.subject(skey).window_add(wkey, t, order_id, qty)
+            self._schedule_sweep(skey, t + wkey[2])
+        for activity_id, amount in fp.budget:
+            self.activity(activity_id).held += amount
+        for sku_id, qty in fp.units:
+            self.sku(sku_id).held += qty
+
+    def confirm(self, user_key: SubjectKey, fp: Footprint) -> None:
+        for activity_id, amount in fp.budget:
+            actor = self.activity(activity_id)
+            actor.held -= amount
+            actor.spent += amount
+        for sku_id, qty in fp.units:
+            actor_ = self.sku(sku_id)
+            actor_.held -= qty
+            actor_.confirmed += qty
+        user = self.subject(user_key)
+        user.discount_total += fp.discount
+        user.margin_total += fp.margin
+
+    def release(self, order_id: str, t: int, user_key: SubjectKey, fp: Footprint, confirmed: bool) -> None:
+        """Give an order's quotas back: a hold that ended, or a confirmed order cancelled."""
+        for skey, counter, qty in fp.counts:
+            self.subject(skey).add(counter, -qty)
+        for skey, wkey, qty in fp.windows:
+            self.subject(skey).window_remove(wkey, t, order_id, qty)
+        for activity_id, amount in fp.budget:
+            actor = self.activity(activity_id)
+            if confirmed:
+                actor.spent -= amount
+            else:
+                actor.held -= amount
+        for sku_id, qty in fp.units:
+            actor_ = self.sku(sku_id)
+            if confirmed:
+                actor_.confirmed -= qty
+            else:
+                actor_.held -= qty
+        if confirmed:
+            self.unconfirm_totals(user_key, fp)
+
+    def unconfirm_totals(self, user_key: SubjectKey, fp: Footprint) -> None:
+        """Take a cancelled confirmed order's amounts out of its user's auto-blacklist totals."""
+        user = self.subject(user_key)
+        user.discount_total -= fp.discount
+        user.margin_total -= fp.margin
+
+    def claim(self, user_key: SubjectKey, coupon_id: str) -> None:
+        self.subject(user_key).add(("coupon", coupon_id), 1)
+
+    def _schedule_sweep(self, key: SubjectKey, when: int) -> None:
+        current = self._scheduled.get(key)
+        if current is None or when < current:
+            self._scheduled[key] = when
+            self.expiry.schedule(when, Due.WINDOWS, key)
+
+    def sweep_windows(self, key: SubjectKey, when: int, now: int) -> None:
+        """Drop a subject's stale window events (a heap entry scheduled for `when` fired)."""
+        if self._scheduled.get(key) != when:
+            return  # stale entry: a sooner sweep was scheduled since
+        del self._scheduled[key]
+        actor = self.subjects.get(key)
+        if actor is None:
+            return
+        soonest = actor.prune_windows(now)
+        if soonest is not None:
+            self._schedule_sweep(key, soonest)
+        elif actor.is_empty():
+            del self.subjects[key]

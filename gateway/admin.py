@@ -1,0 +1,195 @@
+"""The admin API (SPEC section 5): the configuration, lists, settings, counters, and the clock.
+
+Every change is built as a record (see `changes`) and applied through the coordinator, which
+journals it; the change is in force for the next check. The bearer token is checked by the
+middleware in `app`, not here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from gateway.changes import validate_entry
+from gateway.checks import auto_blacklisted
+from gateway.clock import ClockError
+from gateway.codec import decode, parse, respond
+from gateway.config import LIST_KINDS, SECTIONS, ConfigError, Settings, build_config, convert_entry, normalize_list_value
+from gateway.errors import BadRequest, NotFound
+from gateway.keys import COORDINATOR, JOURNAL, MANUAL_CLOCK
+from gateway.schema import ClockRequest
+from gateway.types import Record
+
+routes = web.RouteTableDef()
+
+_SECTION_PATTERN = "{section:" + "|".join(SECTIONS) + "}"
+_LIST_PATTERN = "/v1/admin/lists/{name:blacklist|whitelist}/{kind:" + "|".join(LIST_KINDS) + "}/{value:.+}"
+
+
+async def _change(request: web.Request, record: Record) -> None:
+    try:
+        request.app[COORDINATOR].change(record)
+    except ConfigError as e:
+        raise BadRequest("invalid_config", "; ".join(e.errors)) from None
+    await request.app[JOURNAL].commit()
+
+
+@routes.get("/v1/admin/config")
+async def get_config(request: web.Request) -> web.Response:
+    return respond(request, request.app[COORDINATOR].config.to_doc())
+
+
+@routes.put("/v1/admin/config")
+async def put_config(request: web.Request) -> web.Response:
+    doc = await parse(request)
+    try:
+        build_config(doc)  # validate before anything is journaled
+    except ConfigError as e:
+        raise BadRequest("invalid_config", "; ".join(e.errors)) from None
+    await _change(request, ("config", doc))
+    return respond(request, request.app[COORDINATOR].config.to_doc())
+
+
+@routes.put("/v1/admin/" + _SECTION_PATTERN + "/{ident}")
+async def put_entry(request: web.Request) -> web.Response:
+    section, ident = request.match_info["section"], request.match_info["ident"]
+    raw = await parse(request)
+    try:
+        entry = validate_entry(section, ident, raw)
+    except ConfigError as e:
+        raise BadRequest("invalid_config", "; ".join(e.errors)) from None
+    builtins = msgspec.to_builtins(entry)
+    await _change(request, ("put", section, ident, builtins))
+    return respond(request, builtins)
+
+
+@routes.delete("/v1/admin/" + _SECTION_PATTERN + "/{ident}")
+async def delete_entry(request: web.Request) -> web.Response:
+    section, ident = request.match_info["section"], request.match_info["ident"]
+    if ident not in request.app[COORDINATOR].config.section(section):
+        raise NotFound("unknown_entry", f"no {section} entry {ident!r}")
+    await _change(request, ("delete", section, ident))
+    return respond(request, {"deleted": ident})
+
+
+@routes.get("/v1/admin/lists")
+async def get_lists(request: web.Request) -> web.Response:
+    cfg = request.app[COORDINATOR].config
+    return respond(request, {"blacklist": cfg.blacklist.to_doc(), "whitelist": cfg.whitelist.to_doc()})
+
+
+@routes.put(_LIST_PATTERN)
+async def put_list_entry(request: web.Request) -> web.Response:
+    name, kind, value = request.match_info["name"], request.match_info["kind"], request.match_info["value"]
+    if not normalize_list_value(kind, value) or len(value) > 512:  # type: ignore[arg-type]
+        raise BadRequest("invalid_value", f"{value!r} is not a usable {kind} entry")
+    await _change(request, ("list", name, kind, value, True))
+    return respond(request, {"list": name, "kind": kind, "value": value, "present": True})
+
+
+@routes.delete(_LIST_PATTERN)
+async def delete_list_entry(request: web.Request) -> web.Response:
+    name, kind, value = request.match_info["name"], request.match_info["kind"], request.match_info["value"]
+    cfg = request.app[COORDINATOR].config
+    listed = cfg.list_set(name).has(kind, normalize_list_value(kind, value))  # type: ignore[arg-type]
+    user = request.app[COORDINATOR].ledger.subjects.get(("user", value))
+    auto = name == "blacklist" and kind == "user" and user is not None and auto_blacklisted(cfg, user)
+    if not listed and not auto:
+        raise NotFound("not_listed", f"{value!r} is not on the {name} as a {kind}")
+    await _change(request, ("list", name, kind, value, False))
+    return respond(request, {"list": name, "kind": kind, "value": value, "present": False})
+
+
+@routes.patch("/v1/admin/settings")
+async def patch_settings(request: web.Request) -> web.Response:
+    patch = await parse(request)
+    if not isinstance(patch, dict):
+        raise BadRequest("invalid_config", "settings: expected an object of settings to change")
+    current = msgspec.to_builtins(request.app[COORDINATOR].config.settings)
+    merged = {**current, **patch}
+    try:
+        convert_entry(merged, Settings, "settings")
+    except ConfigError as e:
+        raise BadRequest("invalid_config", "; ".join(e.errors)) from None
+    await _change(request, ("settings", merged))
+    return respond(request, request.app[COORDINATOR].config.to_doc()["settings"])
+
+
+@routes.get("/v1/admin/activities/{ident}")
+async def get_activity(request: web.Request) -> web.Response:
+    coordinator = request.app[COORDINATOR]
+    ident = request.match_info["ident"]
+    activity = coordinator.config.activities.get(ident)
+    actor = coordinator.ledger.activities.get(ident)
+    if activity is None and actor is None:
+        raise NotFound("unknown_activity", f"no activity {ident!r}")
+    coordinator.expire_due(coordinator.clock.now())
+    held = actor.held if actor is not None else 0
+    spent = actor.spent if actor is not None else 0
+    budget = activity.budget if activity is not None else None
+    out: dict[str, Any] = {
+        "activity_id": ident,
+        "configured": activity is not None,
+        "budget": budget,
+        "spent": spent,
+        "held": held,
+        "remaining": None if budget is None else max(budget - spent - held, 0),
+        "fused": budget is not None and spent + held >= budget,
+        "active": activity is not None and activity.active(coordinator.clock.now()),
+    }
+    await request.app[JOURNAL].commit()
+    return respond(request, out)
+
+
+@routes.get("/v1/admin/users/{ident}")
+async def get_user(request: web.Request) -> web.Response:
+    coordinator = request.app[COORDINATOR]
+    ident = request.match_info["ident"]
+    cfg = coordinator.config
+    now = coordinator.clock.now()
+    coordinator.expire_due(now)
+    actor = coordinator.ledger.subjects.get(("user", ident))
+    counters: dict[str, dict[str, int]] = {"sku": {}, "spu": {}, "activity": {}, "activity_sku": {}, "coupon": {}}
+    windows: list[dict[str, Any]] = []
+    if actor is not None:
+        names = {"sku": "sku", "spu": "spu", "act": "activity", "actsku": "activity_sku", "coupon": "coupon"}
+        for key, qty in sorted(actor.counts.items()):
+            counters[names[key[0]]]["/".join(key[1:])] = qty
+        for (field, value, seconds), window in sorted(actor.windows.items()):
+            windows.append({"scope": {field: value} if field else {}, "window": seconds, "quantity": window.count(now)})
+    auto = actor is not None and auto_blacklisted(cfg, actor)
+    await request.app[JOURNAL].commit()
+    return respond(
+        request,
+        {
+            "user_id": ident,
+            "counters": counters,
+            "windows": windows,
+            "auto_blacklist": {
+                "discount_total": actor.discount_total if actor is not None else 0,
+                "margin_total": actor.margin_total if actor is not None else 0,
+            },
+            "blacklisted": cfg.blacklist.has("user", ident) or auto,
+            "auto": auto,
+            "listed": cfg.blacklist.has("user", ident),
+            "whitelisted": cfg.whitelist.has("user", ident),
+        },
+    )
+
+
+@routes.post("/v1/admin/clock")
+async def move_clock(request: web.Request) -> web.Response:
+    clock = request.app.get(MANUAL_CLOCK)
+    if clock is None:
+        raise NotFound("not_found", "the clock can be moved only when the server runs with --manual-clock")
+    req = await decode(request, ClockRequest)
+    try:
+        clock.set(req.set) if req.set is not None else clock.advance(req.advance or 0)
+    except ClockError as e:
+        raise BadRequest("invalid_clock", str(e)) from None
+    coordinator = request.app[COORDINATOR]
+    expired = coordinator.expire_due(clock.now())
+    await request.app[JOURNAL].commit()
+    return respond(request, {"now": clock.now(), "expired": expired})

@@ -1,0 +1,79 @@
+"""Admin changes as records: one small tuple per change, applied here by the API and by replay.
+
+Records: ("config", doc) replaces the document; ("put", section, id, entry) and ("delete",
+section, id) change one entry; ("settings", settings) replaces the settings; ("list", name, kind,
+value, present) adds or removes a list entry. Removing a user from the blacklist also pardons an
+auto-blacklisted user: their auto-blacklist totals restart from zero.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from actors.ledger import Ledger
+from gateway.config import (
+    LIST_KINDS,
+    SECTIONS,
+    Config,
+    ConfigError,
+    ListKind,
+    ListName,
+    Settings,
+    build_config,
+    convert_entry,
+)
+from gateway.types import Record
+
+
+def validate_entry(section: str, ident: str, raw: Any) -> Any:
+    """An entry from `PUT /v1/admin/{section}/{id}`: the id may be left out of the body."""
+    kind, id_field = SECTIONS[section]
+    if isinstance(raw, dict):
+        raw = {id_field: ident, **raw}
+        if raw[id_field] != ident:
+            raise ConfigError([f"{section}/{ident}: {id_field} {raw[id_field]!r} does not match the path"])
+    return convert_entry(raw, kind, f"{section}/{ident}")
+
+
+def apply_change(cfg: Config, ledger: Ledger, record: Record) -> Config:
+    """Apply one admin record; returns the configuration that stands after it."""
+    op = record[0]
+    if op == "config":
+        new = build_config(record[1])
+        if new.settings.admin_token is None:
+            new.settings.admin_token = cfg.settings.admin_token
+        return new
+    if op == "put":
+        _, section, ident, entry = record
+        cfg.section(section)[ident] = validate_entry(section, ident, entry)
+    elif op == "delete":
+        _, section, ident = record
+        cfg.section(section).pop(ident, None)
+    elif op == "settings":
+        cfg.settings = convert_entry(record[1], Settings, "settings")
+    elif op == "list":
+        _, name, kind, value, present = record
+        lists = cfg.list_set(_list_name(name))
+        if present:
+            lists.add(_list_kind(kind), value)
+        else:
+            lists.remove(_list_kind(kind), value)
+            if name == "blacklist" and kind == "user":
+                user = ledger.subjects.get(("user", value))
+                if user is not None:
+                    user.discount_total = user.margin_total = 0
+    else:
+        raise ValueError(f"unknown admin record {op!r}")
+    return cfg
+
+
+def _list_name(name: str) -> ListName:
+    if name not in ("blacklist", "whitelist"):
+        raise ConfigError([f"lists: unknown list {name!r} (blacklist or whitelist)"])
+    return cast(ListName, name)
+
+
+def _list_kind(kind: str) -> ListKind:
+    if kind not in LIST_KINDS:
+        raise ConfigError([f"lists: unknown kind {kind!r} ({', '.join(LIST_KINDS)})"])
+    return kind

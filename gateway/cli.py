@@ -1,0 +1,104 @@
+"""The command line (SPEC section 6): `flashguard serve` and `flashguard check-config`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.app import DEFAULT_MAX_INFLIGHT, make_app
+from gateway.clock import Clock, ManualClock, SystemClock
+from gateway.config import Config, ConfigError, demo_config, load_config
+from gateway.coordinator import Coordinator
+
+log = logging.getLogger("flashguard")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flashguard", description="Order anti-abuse gateway for flash sales.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="start the gateway")
+    serve.add_argument("--config", type=Path, help="TOML or JSON configuration (default: the embedded demo)")
+    serve.add_argument("--data", type=Path, default=Path("data"), help="data directory (default: ./data)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--manual-clock", action="store_true", help="time moves only by POST /v1/admin/clock")
+    serve.add_argument("--reload-config", action="store_true", help="apply --config over a restored configuration")
+    serve.add_argument("--max-inflight", type=int, default=DEFAULT_MAX_INFLIGHT, help="requests in flight before 429")
+    check = sub.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("file", type=Path)
+    return parser
+
+
+def check_config(path: Path) -> int:
+    try:
+        cfg = load_config(path)
+    except ConfigError as e:
+        for error in e.errors:
+            print(f"{path}: {error}", file=sys.stderr)
+        print(f"{path}: {len(e.errors)} error(s)", file=sys.stderr)
+        return 1
+    print(
+        f"{path}: ok ({len(cfg.skus)} skus, {len(cfg.spus)} spus, {len(cfg.activities)} activities, "
+        f"{len(cfg.coupons)} coupons, {len(cfg.rules)} rules)"
+    )
+    return 0
+
+
+def admin_token(cfg: Config) -> str:
+    token = os.environ.get("FLASHGUARD_ADMIN_TOKEN") or cfg.settings.admin_token
+    if token:
+        return token
+    token = secrets.token_urlsafe(24)
+    print(f"admin token (set FLASHGUARD_ADMIN_TOKEN to choose one): {token}", flush=True)
+    return token
+
+
+async def serve(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config) if args.config else demo_config()
+    except ConfigError as e:
+        for error in e.errors:
+            log.error("%s: %s", args.config, error)
+        return 2
+    args.data.mkdir(parents=True, exist_ok=True)
+    clock: Clock = ManualClock() if args.manual_clock else SystemClock()
+    coordinator = Coordinator(cfg, clock)
+    app = make_app(coordinator, admin_token=admin_token(cfg), max_inflight=args.max_inflight)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port, backlog=4096)
+    await site.start()
+    log.info("listening on http://%s:%d", args.host, args.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    await runner.cleanup()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check-config":
+        return check_config(args.file)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
+    try:
+        import uvloop
+
+        return uvloop.run(serve(args))
+    except ImportError:
+        return asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

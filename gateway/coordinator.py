@@ -1,0 +1,270 @@
+"""The check coordinator: one order, several actors, one decision, applied as one.
+
+Every public method runs to completion without awaiting: evaluate, decide, apply to the ledger,
+append the journal record. Because the event loop runs one such method at a time, concurrent
+checks can never together pass a limit or a budget, and no lock is needed. The HTTP layer awaits
+the journal's commit only after the method returns, before it answers.
+
+State transitions (`_hold`, `_confirm`, `_cancel`, `_expire`, `_claim`) take plain data so that the
+journal's replay drives exactly the same code.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import msgspec
+
+from actors.expiry import Due
+from actors.ledger import Ledger
+from actors.orders import Order
+from gateway.changes import apply_change
+from gateway.checks import Evaluation, Subjects, blacklist_reasons, evaluate, order_subjects
+from gateway.clock import Clock
+from gateway.config import Config, fold_phone
+from gateway.errors import Conflict, Gone, NotFound
+from gateway.messages import buyer_message
+from gateway.schema import CheckRequest, CheckResponse, ClaimRequest, Hold, OrderView
+from gateway.types import DEGRADABLE, Code, Decision, Notice, OrderState, Reason, Record, Subject
+
+_response_encoder = msgspec.msgpack.Encoder()
+_response_decoder = msgspec.msgpack.Decoder(CheckResponse)
+
+
+class RecordSink(Protocol):
+    """Where state changes go as records: the journal, or nowhere when durability is off.
+
+    `append` is called inside the coordinator's synchronous step; `commit` is awaited by the HTTP
+    layer before it answers, so nothing is acknowledged before it is durable.
+    """
+
+    def append(self, record: Record) -> None: ...
+
+    async def commit(self) -> None: ...
+
+
+class NoJournal:
+    def append(self, record: Record) -> None:
+        pass
+
+    async def commit(self) -> None:
+        pass
+
+
+class Coordinator:
+    def __init__(self, config: Config, clock: Clock, journal: RecordSink | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.ledger = Ledger()
+        self.orders: dict[str, Order] = {}
+        self.journal: RecordSink = journal or NoJournal()
+
+    # -- checks ---------------------------------------------------------------------------
+
+    def check(self, req: CheckRequest, digest: bytes) -> CheckResponse:
+        existing = self.orders.get(req.order_id)
+        if existing is not None:
+            if existing.digest != digest:
+                raise Conflict("order_id_reused", f"order {req.order_id!r} was already checked with a different body")
+            return _response_decoder.decode(existing.response)
+        now = self.clock.now()
+        self.expire_due(now)
+        cfg = self.config
+        subj = order_subjects(req)
+        ev = evaluate(req, subj, cfg, self.ledger, now, set())
+        decision, final, reasons = self._decide(req, subj, ev, now)
+        response = CheckResponse(
+            order_id=req.order_id,
+            decision=decision,
+            reasons=reasons,
+            shadow=final.shadow,
+            warnings=final.notices,
+            message=buyer_message(cfg, decision, reasons),
+        )
+        expires_at = None
+        if decision is not Decision.DENY:
+            expires_at = now + cfg.settings.hold_ttl_seconds
+            response.hold = Hold(expires_at)
+            response.payable = final.payable
+            response.stripped = [req.items[i].discounts[j].id for i, j in sorted(ev.strip)] if final is not ev else []
+        order = Order(
+            order_id=req.order_id,
+            digest=digest,
+            user_id=req.user_id,
+            state=OrderState.DENIED if decision is Decision.DENY else OrderState.HELD,
+            created_at=now,
+            expires_at=expires_at,
+            footprint=None if decision is Decision.DENY else final.footprint,
+            response=_response_encoder.encode(response),
+            updated_at=now,
+        )
+        self._hold(order)
+        self.journal.append(("check", *order.to_record()))
+        return response
+
+    def _decide(
+        self, req: CheckRequest, subj: Subjects, ev: Evaluation, now: int
+    ) -> tuple[Decision, Evaluation, list[Reason]]:
+        """allow / degrade / deny, the evaluation that stands, and the reasons to report."""
+        if ev.whitelisted or not ev.reasons:
+            return Decision.ALLOW, ev, ev.reasons
+        if req.on_refusal == "degrade" and all(r.code in DEGRADABLE for r in ev.reasons):
+            again = evaluate(req, subj, self.config, self.ledger, now, ev.strip)
+            if not again.reasons:
+                return Decision.DEGRADE, again, ev.reasons
+            return Decision.DENY, ev, ev.reasons + [r for r in again.reasons if r not in ev.reasons]
+        return Decision.DENY, ev, ev.reasons
+
+    def claim(self, req: ClaimRequest) -> CheckResponse:
+        """Coupon claim pre-check: refuse blacklisted users and claims past `per_user_limit`."""
+        now = self.clock.now()
+        self.expire_due(now)
+        cfg = self.config
+        keys = {Subject.USER: ("user", req.user_id)}
+        subj = Subjects(keys, req.user_id, device=req.device_id)
+        if req.phone:
+            subj.phone = fold_phone(req.phone) or None
+        reasons = blacklist_reasons(cfg, self.ledger, subj)
+        notices: list[Notice] = []
+        coupon = cfg.coupons.get(req.coupon_id)
+        if coupon is None:
+            if cfg.settings.unknown == "deny":
+                reasons.append(Reason(code=Code.UNKNOWN_COUPON, coupon_id=req.coupon_id))
+            else:
+                notices.append(
+                    Notice(code="UNKNOWN_COUPON", message=f"{req.coupon_id} is not configured", coupon_id=req.coupon_id)
+                )
+        elif coupon.per_user_limit is not None:
+            user = self.ledger.subjects.get(keys[Subject.USER])
+            used = user.used(("coupon", req.coupon_id)) if user is not None else 0
+            if used + 1 > coupon.per_user_limit:
+                reasons.append(
+                    Reason(
+                        code=Code.COUPON_CLAIM_LIMIT,
+                        coupon_id=req.coupon_id,
+                        subject="user",
+                        limit=coupon.per_user_limit,
+                        used=used,
+                        requested=1,
+                    )
+                )
+        if cfg.whitelist.has("user", req.user_id):
+            notices.extend(Notice(code=r.code.value, message="not applied: the user is whitelisted") for r in reasons)
+            reasons = [Reason(code=Code.WHITELISTED, subject="user", value=req.user_id)]
+            decision = Decision.ALLOW
+        else:
+            decision = Decision.DENY if reasons else Decision.ALLOW
+        if decision is Decision.ALLOW:
+            self._claim(req.user_id, req.coupon_id)
+            self.journal.append(("claim", req.user_id, req.coupon_id, now))
+        return CheckResponse(
+            order_id=None,
+            decision=decision,
+            reasons=reasons,
+            shadow=[],
+            warnings=notices,
+            message=buyer_message(cfg, decision, reasons),
+        )
+
+    # -- after the check ------------------------------------------------------------------
+
+    def order(self, order_id: str) -> Order:
+        order = self.orders.get(order_id)
+        if order is None:
+            raise NotFound("unknown_order", f"no order {order_id!r}")
+        return order
+
+    def confirm(self, order_id: str) -> OrderView:
+        order = self.order(order_id)
+        now = self.clock.now()
+        self.expire_due(now)
+        if order.state is OrderState.HELD:
+            self._confirm(order, now)
+            self.journal.append(("confirm", order_id, now))
+        elif order.state is OrderState.EXPIRED:
+            raise Gone("hold_expired", f"the hold of order {order_id!r} expired at {order.expires_at}")
+        elif order.state is not OrderState.CONFIRMED:
+            raise Conflict("order_not_held", f"order {order_id!r} is {order.state.value} and cannot be confirmed")
+        return self.view(order)
+
+    def cancel(self, order_id: str) -> OrderView:
+        order = self.order(order_id)
+        now = self.clock.now()
+        self.expire_due(now)
+        if order.state in (OrderState.HELD, OrderState.CONFIRMED):
+            self._cancel(order, now)
+            self.journal.append(("cancel", order_id, now))
+        return self.view(order)
+
+    def expire_due(self, now: int) -> int:
+        """End every hold due at `now` and sweep due risk windows; returns the holds expired."""
+        expired = 0
+        for when, kind, key in self.ledger.expiry.pop_due(now):
+            if kind is Due.WINDOWS:
+                self.ledger.sweep_windows(key, when, now)  # type: ignore[arg-type]
+                continue
+            order = self.orders.get(key)  # type: ignore[arg-type]
+            if order is not None and order.state is OrderState.HELD and order.expires_at == when:
+                self._expire(order, now)
+                self.journal.append(("expire", order.order_id, now))
+                expired += 1
+        return expired
+
+    def view(self, order: Order) -> OrderView:
+        response = _response_decoder.decode(order.response)
+        return OrderView(
+            order_id=order.order_id,
+            state=order.state,
+            decision=response.decision,
+            user_id=order.user_id,
+            created_at=order.created_at,
+            updated_at=order.updated_at,
+            expires_at=order.expires_at,
+            payable=response.payable,
+            stripped=response.stripped,
+            reasons=response.reasons,
+        )
+
+    def change(self, record: Record) -> None:
+        """An admin change (see `changes`): applied, then journaled."""
+        self.config = apply_change(self.config, self.ledger, record)
+        self.journal.append(record)
+
+    # -- state transitions, shared with journal replay -------------------------------------
+
+    def _hold(self, order: Order) -> None:
+        self.orders[order.order_id] = order
+        if order.state is OrderState.HELD and order.footprint is not None and order.expires_at is not None:
+            self.ledger.hold(order.order_id, order.created_at, order.footprint)
+            self.ledger.expiry.schedule(order.expires_at, Due.HOLD, order.order_id)
+
+    def _confirm(self, order: Order, now: int) -> None:
+        assert order.footprint is not None
+        self.ledger.confirm(("user", order.user_id), order.footprint)
+        order.state = OrderState.CONFIRMED
+        order.updated_at = now
+
+    def _cancel(self, order: Order, now: int) -> None:
+        fp = order.footprint
+        assert fp is not None
+        user_key = ("user", order.user_id)
+        if order.state is OrderState.HELD:
+            self.ledger.release(order.order_id, order.created_at, user_key, fp, confirmed=False)
+            order.footprint = None
+        elif self.config.settings.release_on_cancel:
+            self.ledger.release(order.order_id, order.created_at, user_key, fp, confirmed=True)
+            order.footprint = None
+        else:
+            self.ledger.unconfirm_totals(user_key, fp)  # quotas stay used; the order no longer counts as farmed
+        order.state = OrderState.CANCELLED
+        order.updated_at = now
+
+    def _expire(self, order: Order, now: int) -> None:
+        assert order.footprint is not None
+        self.ledger.release(order.order_id, order.created_at, ("user", order.user_id), order.footprint, confirmed=False)
+        order.footprint = None
+        order.state = OrderState.EXPIRED
+        order.updated_at = now
+
+    def _claim(self, user_id: str, coupon_id: str) -> None:
+        self.ledger.claim(("user", user_id), coupon_id)

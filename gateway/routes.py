@@ -1,0 +1,60 @@
+"""The checkout-facing endpoints (SPEC sections 3-4): check, confirm, cancel, look up, claim.
+
+Each handler decodes its body, calls one synchronous coordinator method, awaits the journal's
+commit (so nothing is acknowledged before it is durable) and answers.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.codec import decode, digest, respond
+from gateway.keys import COORDINATOR, JOURNAL
+from gateway.schema import CheckRequest, ClaimRequest
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/v1/orders/check")
+async def check(request: web.Request) -> web.Response:
+    req = await decode(request, CheckRequest)
+    response = request.app[COORDINATOR].check(req, digest(req))
+    await request.app[JOURNAL].commit()
+    return respond(request, response)
+
+
+@routes.post("/v1/orders/{order_id}/confirm")
+async def confirm(request: web.Request) -> web.Response:
+    view = request.app[COORDINATOR].confirm(request.match_info["order_id"])
+    await request.app[JOURNAL].commit()
+    return respond(request, view)
+
+
+@routes.post("/v1/orders/{order_id}/cancel")
+async def cancel(request: web.Request) -> web.Response:
+    view = request.app[COORDINATOR].cancel(request.match_info["order_id"])
+    await request.app[JOURNAL].commit()
+    return respond(request, view)
+
+
+@routes.get("/v1/orders/{order_id}")
+async def get_order(request: web.Request) -> web.Response:
+    coordinator = request.app[COORDINATOR]
+    coordinator.expire_due(coordinator.clock.now())
+    view = coordinator.view(coordinator.order(request.match_info["order_id"]))
+    await request.app[JOURNAL].commit()  # an expiry just recorded is durable before it is shown
+    return respond(request, view)
+
+
+@routes.post("/v1/coupons/claim-check")
+async def claim_check(request: web.Request) -> web.Response:
+    req = await decode(request, ClaimRequest)
+    response = request.app[COORDINATOR].claim(req)
+    await request.app[JOURNAL].commit()
+    return respond(request, response)
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    coordinator = request.app[COORDINATOR]
+    return respond(request, {"status": "ok", "now": coordinator.clock.now(), "orders": len(coordinator.orders)})

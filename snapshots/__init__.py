@@ -1,0 +1,1 @@
+"""Durability: msgpack snapshots, the journal, and restore (SPEC section 7)."""
