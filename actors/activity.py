@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
+import msgspec
 
-class ActivityActor:
-    __slots__ = ("activity_id", "held", "spent")
 
-    def __init__(self, activity_id: str) -> None:
-        self.activity_id = activity_id
-        self.held = 0
-        self.spent = 0
+class ActivityActor(msgspec.Struct, gc=False):
+    held: int = 0
+    spent: int = 0
 
     @property
     def used(self) -> int:

@@ -10,34 +10,36 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator
-from enum import StrEnum
 
 from gateway.types import SubjectKey
 
 
-class Due(StrEnum):
-    HOLD = "hold"
-    WINDOWS = "windows"
+class Due:
+    """Kinds of deadline. Plain ints, not an Enum: a heap entry of ints and strings is untracked
+    by the garbage collector, and the heap holds one per live hold."""
+
+    HOLD = 0
+    WINDOWS = 1
 
 
 class Expiry:
     __slots__ = ("_heap", "_seq")
 
     def __init__(self) -> None:
-        self._heap: list[tuple[int, int, Due, str | SubjectKey]] = []
+        self._heap: list[tuple[int, int, int, str | SubjectKey]] = []
         self._seq = 0  # tie-breaker: keys of different kinds never get compared
 
     def __len__(self) -> int:
         return len(self._heap)
 
-    def schedule(self, when: int, kind: Due, key: str | SubjectKey) -> None:
+    def schedule(self, when: int, kind: int, key: str | SubjectKey) -> None:
         self._seq += 1
         heapq.heappush(self._heap, (when, self._seq, kind, key))
 
     def next_due(self) -> int | None:
         return self._heap[0][0] if self._heap else None
 
-    def pop_due(self, now: int) -> Iterator[tuple[int, Due, str | SubjectKey]]:
+    def pop_due(self, now: int) -> Iterator[tuple[int, int, str | SubjectKey]]:
         """Yield (when, kind, key) for every entry due at `now`, earliest first."""
         heap = self._heap
         while heap and heap[0][0] <= now:

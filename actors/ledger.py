@@ -12,7 +12,7 @@ from actors.expiry import Due, Expiry
 from actors.orders import Footprint
 from actors.sku import SkuActor
 from actors.subject import SubjectActor
-from gateway.types import SubjectKey
+from gateway.types import SubjectKey, key
 
 
 class Ledger:
@@ -29,27 +29,30 @@ class Ledger:
     def subject(self, key: SubjectKey) -> SubjectActor:
         actor = self.subjects.get(key)
         if actor is None:
-            actor = self.subjects[key] = SubjectActor(key)
+            actor = self.subjects[key] = SubjectActor()
         return actor
 
     def activity(self, activity_id: str) -> ActivityActor:
         actor = self.activities.get(activity_id)
         if actor is None:
-            actor = self.activities[activity_id] = ActivityActor(activity_id)
+            actor = self.activities[activity_id] = ActivityActor()
         return actor
 
     def sku(self, sku_id: str) -> SkuActor:
         actor = self.skus.get(sku_id)
         if actor is None:
-            actor = self.skus[sku_id] = SkuActor(sku_id)
+            actor = self.skus[sku_id] = SkuActor()
         return actor
 
-    def hold(self, order_id: str, t: int, fp: Footprint) -> None:
-        for skey, counter, qty in fp.counts:
-            self.subject(skey).add(counter, qty)
-        for skey, wkey, qty in fp.windows:
-            self.subject(skey).window_add(wkey, t, order_id, qty)
-            self._schedule_sweep(skey, t + wkey[2])
+    def hold(self, t: int, fp: Footprint) -> None:
+        subjects = self.subjects
+        for skey, counter, qty in fp.counts:  # the hot loop of every allowed order: kept inline
+            actor = subjects.get(skey) or self.subject(skey)
+            counts = actor.counts
+            counts[counter] = counts.get(counter, 0) + qty
+        for skey, wkey, seconds, qty in fp.windows:
+            if (subjects.get(skey) or self.subject(skey)).window_add(wkey, seconds, t, qty):
+                self._schedule_sweep(skey, t + seconds)  # an older window's expiry is scheduled already
         for activity_id, amount in fp.budget:
             self.activity(activity_id).held += amount
         for sku_id, qty in fp.units:
@@ -68,12 +71,12 @@ class Ledger:
         user.discount_total += fp.discount
         user.margin_total += fp.margin
 
-    def release(self, order_id: str, t: int, user_key: SubjectKey, fp: Footprint, confirmed: bool) -> None:
+    def release(self, t: int, user_key: SubjectKey, fp: Footprint, confirmed: bool) -> None:
         """Give an order's quotas back: a hold that ended, or a confirmed order cancelled."""
         for skey, counter, qty in fp.counts:
             self.subject(skey).add(counter, -qty)
-        for skey, wkey, qty in fp.windows:
-            self.subject(skey).window_remove(wkey, t, order_id, qty)
+        for skey, wkey, _, qty in fp.windows:
+            self.subject(skey).window_remove(wkey, t, qty)
         for activity_id, amount in fp.budget:
             actor = self.activity(activity_id)
             if confirmed:
@@ -96,7 +99,7 @@ class Ledger:
         user.margin_total -= fp.margin
 
     def claim(self, user_key: SubjectKey, coupon_id: str) -> None:
-        self.subject(user_key).add(("coupon", coupon_id), 1)
+        self.subject(user_key).add(key("coupon", coupon_id), 1)
 
     def _schedule_sweep(self, key: SubjectKey, when: int) -> None:
         current = self._scheduled.get(key)

@@ -4,22 +4,25 @@ A footprint is the list of every increment an order made (subject counters, wind
 budget, SKU units, auto-blacklist amounts). Holding applies it, releasing takes it back, confirming
 moves budget and units from held to spent. Because it is plain data it is also the journal record
 of a hold, and the unit by which actors could one day be partitioned across nodes.
+
+Both are `gc=False` structs: an order holds strings, ints and tuples, never a cycle, and a sale
+keeps hundreds of thousands of them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from gateway.types import CounterKey, OrderState, SubjectKey, WindowKey
 
 
-@dataclass(slots=True)
-class Footprint:
-    counts: list[tuple[SubjectKey, CounterKey, int]] = field(default_factory=list)
-    windows: list[tuple[SubjectKey, WindowKey, int]] = field(default_factory=list)
-    budget: list[tuple[str, int]] = field(default_factory=list)
-    units: list[tuple[str, int]] = field(default_factory=list)
+class Footprint(msgspec.Struct, gc=False):
+    counts: tuple[tuple[SubjectKey, CounterKey, int], ...] = ()
+    windows: tuple[tuple[SubjectKey, WindowKey, int, int], ...] = ()  # (subject, window, seconds, qty)
+    budget: tuple[tuple[str, int], ...] = ()
+    units: tuple[tuple[str, int], ...] = ()
     discount: int = 0  # counted discount (auto-blacklist)
     margin: int = 0  # paid - cost_price * quantity over the items whose cost is known
 
@@ -30,17 +33,16 @@ class Footprint:
     def from_record(cls, rec: list[Any]) -> Footprint:
         counts, windows, budget, units, discount, margin = rec
         return cls(
-            [(tuple(s), tuple(c), q) for s, c, q in counts],
-            [(tuple(s), tuple(w), q) for s, w, q in windows],
-            [(a, m) for a, m in budget],
-            [(s, q) for s, q in units],
+            tuple((s, c, q) for s, c, q in counts),
+            tuple((s, w, secs, q) for s, w, secs, q in windows),
+            tuple((a, m) for a, m in budget),
+            tuple((s, q) for s, q in units),
             discount,
             margin,
         )
 
 
-@dataclass(slots=True)
-class Order:
+class Order(msgspec.Struct, gc=False):
     """One checked order. `response` is the first answer, returned again for a repeated check."""
 
     order_id: str

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
+import msgspec
 
-class SkuActor:
-    __slots__ = ("sku_id", "held", "confirmed")
 
-    def __init__(self, sku_id: str) -> None:
-        self.sku_id = sku_id
-        self.held = 0
-        self.confirmed = 0
+class SkuActor(msgspec.Struct, gc=False):
+    held: int = 0
+    confirmed: int = 0

@@ -1,45 +1,94 @@
 """An exact sliding window of quantities, for risk rules (SPEC section 3).
 
-A window holds the orders checked at `t` with `now - seconds < t <= now`. Events are kept sorted
-by (t, order_id) in a SortedList so that a cancelled or expired hold leaves at once, wherever it
-sits; a running total makes reading the window O(1) after the old events are dropped.
+A window counts the orders checked at `t` with `now - seconds < t <= now`. Time is whole seconds,
+so orders of the same second share one bucket (t -> quantity) without losing exactness: a
+cancelled or expired hold takes its quantity out of its second's bucket at once, and a bucket
+leaves the window whole. A running total makes reading O(1) once old buckets are dropped.
+
+Like Redis' small sorted sets (a listpack until they grow), a window starts small: a tuple of
+(t, quantity) pairs, rebuilt on change. Most subjects see a handful of orders, and a tuple of ints
+is tiny and invisible to the garbage collector, which matters with millions of windows. Past
+`SMALL` buckets it becomes a `sortedcontainers.SortedDict`, so the hot windows (a village's
+address, a city over 7 days) keep O(log n) updates and pruning.
 """
 
 from __future__ import annotations
 
-from sortedcontainers import SortedList
+from bisect import bisect_left
+
+import msgspec
+from sortedcontainers import SortedDict
+
+SMALL = 32
+
+Bucket = tuple[int, int]
 
 
-class Window:
-    __slots__ = ("seconds", "events", "total")
-
-    def __init__(self, seconds: int) -> None:
-        self.seconds = seconds
-        self.events: SortedList = SortedList()  # (t, order_id, quantity)
-        self.total = 0
+class Window(msgspec.Struct, gc=False):
+    seconds: int
+    buckets: tuple[Bucket, ...] | SortedDict = ()
+    total: int = 0
 
     def prune(self, now: int) -> None:
-        """Drop events that have left the window; this is also what keeps memory bounded."""
-        events = self.events
+        """Drop buckets that have left the window; this is also what keeps memory bounded."""
+        buckets = self.buckets
         horizon = now - self.seconds
-        while events and events[0][0] <= horizon:
-            self.total -= events.pop(0)[2]
+        if isinstance(buckets, SortedDict):
+            while buckets and buckets.peekitem(0)[0] <= horizon:
+                self.total -= buckets.popitem(0)[1]
+            return
+        k = 0
+        while k < len(buckets) and buckets[k][0] <= horizon:
+            self.total -= buckets[k][1]
+            k += 1
+        if k:
+            self.buckets = buckets[k:]
 
     def count(self, now: int) -> int:
         self.prune(now)
         return self.total
 
-    def add(self, t: int, order_id: str, quantity: int) -> None:
-        self.events.add((t, order_id, quantity))
+    def add(self, t: int, quantity: int) -> None:
         self.total += quantity
+        buckets = self.buckets
+        if isinstance(buckets, SortedDict):
+            buckets[t] = buckets.get(t, 0) + quantity
+            return
+        if buckets and buckets[-1][0] == t:  # the usual case: another order in the same second
+            self.buckets = buckets[:-1] + ((t, buckets[-1][1] + quantity),)
+            return
+        i = bisect_left(buckets, (t,))
+        if i < len(buckets) and buckets[i][0] == t:
+            self.buckets = buckets[:i] + ((t, buckets[i][1] + quantity),) + buckets[i + 1 :]
+        else:
+            self.buckets = buckets[:i] + ((t, quantity),) + buckets[i:]
+            if len(self.buckets) > SMALL:
+                self.buckets = SortedDict(self.buckets)
 
-    def remove(self, t: int, order_id: str, quantity: int) -> None:
-        """Take an order's event out, if it is still inside the window."""
-        event = (t, order_id, quantity)
-        if event in self.events:
-            self.events.remove(event)
-            self.total -= quantity
+    def remove(self, t: int, quantity: int) -> None:
+        """Take an order's quantity out of its second, if that second is still inside the window."""
+        buckets = self.buckets
+        if isinstance(buckets, SortedDict):
+            left = buckets.get(t)
+            if left is None:
+                return  # already pruned: it had left the window
+            if left > quantity:
+                buckets[t] = left - quantity
+            else:
+                del buckets[t]
+        else:
+            i = bisect_left(buckets, (t,))
+            if i == len(buckets) or buckets[i][0] != t:
+                return
+            left = buckets[i][1] - quantity
+            rest = buckets[i + 1 :]
+            self.buckets = buckets[:i] + (((t, left),) if left > 0 else ()) + rest
+        self.total -= quantity
 
     def next_expiry(self) -> int | None:
-        """When the oldest event leaves, so the sweeper can come back then."""
-        return self.events[0][0] + self.seconds if self.events else None
+        """When the oldest bucket leaves, so the sweeper can come back then."""
+        buckets = self.buckets
+        if not buckets:
+            return None
+        first = buckets.peekitem(0)[0] if isinstance(buckets, SortedDict) else buckets[0][0]
+        return first + self.seconds

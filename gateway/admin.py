@@ -13,14 +13,14 @@ import msgspec
 from aiohttp import web
 
 from gateway.changes import validate_entry
-from gateway.checks import auto_blacklisted
+from gateway.subjects import auto_blacklisted
 from gateway.clock import ClockError
 from gateway.codec import decode, parse, respond
 from gateway.config import LIST_KINDS, SECTIONS, ConfigError, Settings, build_config, convert_entry, normalize_list_value
 from gateway.errors import BadRequest, NotFound
 from gateway.keys import COORDINATOR, JOURNAL, MANUAL_CLOCK
 from gateway.schema import ClockRequest
-from gateway.types import Record
+from gateway.types import SEP, Record, key
 
 routes = web.RouteTableDef()
 
@@ -94,7 +94,7 @@ async def delete_list_entry(request: web.Request) -> web.Response:
     name, kind, value = request.match_info["name"], request.match_info["kind"], request.match_info["value"]
     cfg = request.app[COORDINATOR].config
     listed = cfg.list_set(name).has(kind, normalize_list_value(kind, value))  # type: ignore[arg-type]
-    user = request.app[COORDINATOR].ledger.subjects.get(("user", value))
+    user = request.app[COORDINATOR].ledger.subjects.get(key("user", value))
     auto = name == "blacklist" and kind == "user" and user is not None and auto_blacklisted(cfg, user)
     if not listed and not auto:
         raise NotFound("not_listed", f"{value!r} is not on the {name} as a {kind}")
@@ -150,15 +150,17 @@ async def get_user(request: web.Request) -> web.Response:
     cfg = coordinator.config
     now = coordinator.clock.now()
     coordinator.expire_due(now)
-    actor = coordinator.ledger.subjects.get(("user", ident))
+    actor = coordinator.ledger.subjects.get(key("user", ident))
     counters: dict[str, dict[str, int]] = {"sku": {}, "spu": {}, "activity": {}, "activity_sku": {}, "coupon": {}}
     windows: list[dict[str, Any]] = []
     if actor is not None:
         names = {"sku": "sku", "spu": "spu", "act": "activity", "actsku": "activity_sku", "coupon": "coupon"}
-        for key, qty in sorted(actor.counts.items()):
-            counters[names[key[0]]]["/".join(key[1:])] = qty
-        for (field, value, seconds), window in sorted(actor.windows.items()):
-            windows.append({"scope": {field: value} if field else {}, "window": seconds, "quantity": window.count(now)})
+        for counter, qty in sorted(actor.counts.items()):
+            kind, *ids = counter.split(SEP)
+            counters[names[kind]]["/".join(ids)] = qty
+        for wkey, window in sorted(actor.windows.items()):
+            field, value, _ = wkey.split(SEP)
+            windows.append({"scope": {field: value} if field else {}, "window": window.seconds, "quantity": window.count(now)})
     auto = actor is not None and auto_blacklisted(cfg, actor)
     await request.app[JOURNAL].commit()
     return respond(

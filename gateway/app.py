@@ -14,12 +14,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from gateway import admin, routes
+from gateway import admin, metrics, routes
 from gateway.clock import Clock, ManualClock
 from gateway.codec import ADMIN_BODY_LIMIT, error_body, respond
 from gateway.coordinator import Coordinator, NoJournal, RecordSink
 from gateway.errors import ApiError, Overloaded, Unauthorized
-from gateway.keys import ADMIN_TOKEN, CLOCK, COORDINATOR, JOURNAL, LOAD, MANUAL_CLOCK, Load
+from gateway.keys import ADMIN_TOKEN, CLOCK, COORDINATOR, JOURNAL, LOAD, MANUAL_CLOCK, STATS, Load
+from gateway.stats import Stats
 
 log = logging.getLogger("flashguard")
 
@@ -115,7 +116,9 @@ def make_app(
         app[MANUAL_CLOCK] = clock
     app[ADMIN_TOKEN] = admin_token
     app[LOAD] = Load(max_inflight)
+    app[STATS] = Stats()
     app.add_routes(routes.routes)
     app.add_routes(admin.routes)
+    app.add_routes(metrics.routes)
     app.cleanup_ctx.append(_lifecycle)
     return app

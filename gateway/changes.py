@@ -22,7 +22,7 @@ from gateway.config import (
     build_config,
     convert_entry,
 )
-from gateway.types import Record
+from gateway.types import Record, key
 
 
 def validate_entry(section: str, ident: str, raw: Any) -> Any:
@@ -59,7 +59,7 @@ def apply_change(cfg: Config, ledger: Ledger, record: Record) -> Config:
         else:
             lists.remove(_list_kind(kind), value)
             if name == "blacklist" and kind == "user":
-                user = ledger.subjects.get(("user", value))
+                user = ledger.subjects.get(key("user", value))
                 if user is not None:
                     user.discount_total = user.margin_total = 0
     else:

@@ -44,7 +44,7 @@ def _loads(body: bytes, content_type: str) -> Any:
     """Parse without validating: for bodies that are validated elsewhere (the config document)."""
     if content_type in MSGPACK_TYPES:
         try:
-            return msgpack.unpackb(body, raw=False, strict_map_key=True, max_buffer_size=len(body) or 1)
+            return msgpack.unpackb(body, raw=False, strict_map_key=True)
         except Exception as e:  # msgpack raises several unrelated types for bad input
             raise BadRequest("malformed_body", f"the body is not valid MessagePack: {e}") from None
     try:
@@ -81,9 +81,12 @@ def digest(value: msgspec.Struct) -> bytes:
 
 
 def wants_msgpack(request: web.Request) -> bool:
-    accept = request.headers.get("Accept")
-    if accept:
-        return any(t in accept for t in MSGPACK_TYPES)
+    """msgpack when `Accept` names it; JSON when it names JSON; otherwise the request's own type."""
+    accept = request.headers.get("Accept", "")
+    if any(t in accept for t in MSGPACK_TYPES):
+        return True
+    if JSON in accept:
+        return False
     return request.content_type in MSGPACK_TYPES
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
@@ -20,13 +21,14 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
-from gateway.types import LIMIT_SUBJECTS, Subject
+from gateway.types import LIMIT_SUBJECTS, Subject, key
 
 MAX_MONEY = 10**15  # minor units; keeps every amount inside msgpack's int64 and far above any price
 MAX_QUANTITY = 1_000_000
 MAX_WINDOW = 7 * 86400
 
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+# Ids are printable: no control characters, which also keeps the joined actor keys unambiguous.
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern="^[^\\x00-\\x1f\\x7f]+$")]
 PosInt = Annotated[int, msgspec.Meta(ge=1, le=MAX_QUANTITY * 1000)]
 Money = Annotated[int, msgspec.Meta(ge=0, le=MAX_MONEY)]
 Seconds = Annotated[int, msgspec.Meta(ge=0, le=2**40)]
@@ -66,14 +68,23 @@ def parse_ratio(value: Ratio) -> Fraction:
     return Fraction(d)
 
 
+def named(field_name: str, parse: Callable[[Any], object], value: object) -> None:
+    """Run a field's parser so that its error names the field."""
+    try:
+        parse(value)
+    except ValueError as e:
+        raise ValueError(f"{field_name}: {e}") from None
+
+
 def fold(text: str) -> str:
     """Case and white space folded, so that 'Zhang  San' and 'zhang san' are one receiver."""
     return " ".join(text.split()).casefold()
 
 
 def fold_path(path: str) -> str:
-    """A region path ('Zhejiang/Hangzhou/Xihu') folded part by part, empty parts dropped."""
-    return "/".join(p for p in (fold(x) for x in path.split("/")) if p)
+    """A region path ('Zhejiang/Hangzhou/Xihu') folded part by part. A missing level stays as an
+    empty part ('Guangdong/Dongguan//Humen': a town with no district); trailing ones are dropped."""
+    return "/".join(fold(x) for x in path.split("/")).rstrip("/")
 
 
 def fold_phone(phone: str) -> str:
@@ -104,7 +115,7 @@ class PriceFuse(Entry):
     ratio: Ratio
 
     def __post_init__(self) -> None:
-        parse_ratio(self.ratio)
+        named("ratio", parse_ratio, self.ratio)
 
 
 class Sku(Entry):
@@ -136,14 +147,29 @@ class Sku(Entry):
         return floor.numerator, floor.denominator
 
     @cached_property
-    def scopes(self) -> tuple[tuple[str, str], ...]:
-        """Every risk-rule scope this SKU falls in; ('', '') is the scope of every SKU."""
-        out = [("", ""), ("sku_id", self.sku_id)]
-        for name in ("category", "brand", "spu_id"):
-            v = getattr(self, name)
-            if v is not None:
-                out.append((name, v))
-        return tuple(out)
+    def scopes(self) -> tuple[str, ...]:
+        """Every risk-rule scope key this SKU falls in (see `Scope.key`)."""
+        return sku_scopes(self.sku_id, self.category, self.brand, self.spu_id)
+
+    @cached_property
+    def counter(self) -> str:
+        return key("sku", self.sku_id)
+
+    @cached_property
+    def spu_counter(self) -> str | None:
+        return None if self.spu_id is None else key("spu", self.spu_id)
+
+
+ALL_SKUS = key("", "")
+
+
+def sku_scopes(sku_id: str, category: str | None, brand: str | None, spu_id: str | None) -> tuple[str, ...]:
+    """The scope keys of a SKU: every SKU, itself, and its category, brand and SPU when known."""
+    out = [ALL_SKUS, key("sku_id", sku_id)]
+    for name, value in (("category", category), ("brand", brand), ("spu_id", spu_id)):
+        if value is not None:
+            out.append(key(name, value))
+    return tuple(out)
 
 
 class Spu(Entry):
@@ -185,12 +211,13 @@ class Scope(Entry):
             raise ValueError("a scope names at most one of category, brand, spu_id, sku_id")
 
     @cached_property
-    def key(self) -> tuple[str, str]:
+    def key(self) -> str:
+        """'field SEP value' of the one field set, or ALL_SKUS for the empty scope."""
         for name in ("category", "brand", "spu_id", "sku_id"):
             v = getattr(self, name)
             if v is not None:
-                return (name, v)
-        return ("", "")
+                return key(name, v)
+        return ALL_SKUS
 
 
 class Rule(Entry):
@@ -202,6 +229,7 @@ class Rule(Entry):
     mode: Literal["enforce", "shadow"] = "enforce"
 
     def __post_init__(self) -> None:
+        named("window", parse_duration, self.window)
         if self.window_seconds > MAX_WINDOW:
             raise ValueError(f"window {self.window!r} is longer than 7d")
 
@@ -210,11 +238,15 @@ class Rule(Entry):
         return parse_duration(self.window)
 
     @cached_property
-    def window_key(self) -> tuple[str, str, int]:
-        return (*self.scope.key, self.window_seconds)
+    def window_key(self) -> str:
+        return key(self.scope.key, str(self.window_seconds))
 
     def limit(self, multiplier: Fraction) -> int:
-        return int(self.max_quantity * multiplier)  # floor: both are non-negative
+        """floor(max_quantity * multiplier), cached per multiplier: Fraction arithmetic is slow."""
+        cached: tuple[Fraction, int] | None = self.__dict__.get("_limit")
+        if cached is None or cached[0] is not multiplier:
+            cached = self.__dict__["_limit"] = (multiplier, int(self.max_quantity * multiplier))
+        return cached[1]
 
 
 class Messages(Entry):
@@ -223,7 +255,9 @@ class Messages(Entry):
     degrade: str | None = None
 
 
-class Settings(Entry):
+class Settings(Entry, omit_defaults=False):
+    """Shown whole by `GET /v1/admin/config`, defaults included: operators look for them there."""
+
     hold_ttl: Duration = "15m"
     risk_multiplier: Ratio = "1.0"
     unknown: Literal["allow", "deny"] = "allow"
@@ -233,8 +267,8 @@ class Settings(Entry):
     admin_token: Annotated[str, msgspec.Meta(min_length=8, max_length=256)] | None = None
 
     def __post_init__(self) -> None:
-        parse_duration(self.hold_ttl)
-        parse_ratio(self.risk_multiplier)
+        named("hold_ttl", parse_duration, self.hold_ttl)
+        named("risk_multiplier", parse_ratio, self.risk_multiplier)
 
     @cached_property
     def hold_ttl_seconds(self) -> int:

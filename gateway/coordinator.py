@@ -19,13 +19,14 @@ from actors.expiry import Due
 from actors.ledger import Ledger
 from actors.orders import Order
 from gateway.changes import apply_change
-from gateway.checks import Evaluation, Subjects, blacklist_reasons, evaluate, order_subjects
+from gateway.checks import Evaluation, evaluate
+from gateway.subjects import Subjects, blacklist_reasons, order_subjects, user_key
 from gateway.clock import Clock
 from gateway.config import Config, fold_phone
 from gateway.errors import Conflict, Gone, NotFound
 from gateway.messages import buyer_message
 from gateway.schema import CheckRequest, CheckResponse, ClaimRequest, Hold, OrderView
-from gateway.types import DEGRADABLE, Code, Decision, Notice, OrderState, Reason, Record, Subject
+from gateway.types import DEGRADABLE, Code, Decision, Notice, OrderState, Reason, Record, Subject, key, reason
 
 _response_encoder = msgspec.msgpack.Encoder()
 _response_decoder = msgspec.msgpack.Decoder(CheckResponse)
@@ -120,7 +121,7 @@ class Coordinator:
         now = self.clock.now()
         self.expire_due(now)
         cfg = self.config
-        keys = {Subject.USER: ("user", req.user_id)}
+        keys = {Subject.USER: user_key(req.user_id)}
         subj = Subjects(keys, req.user_id, device=req.device_id)
         if req.phone:
             subj.phone = fold_phone(req.phone) or None
@@ -129,18 +130,18 @@ class Coordinator:
         coupon = cfg.coupons.get(req.coupon_id)
         if coupon is None:
             if cfg.settings.unknown == "deny":
-                reasons.append(Reason(code=Code.UNKNOWN_COUPON, coupon_id=req.coupon_id))
+                reasons.append(reason(Code.UNKNOWN_COUPON, coupon_id=req.coupon_id))
             else:
                 notices.append(
                     Notice(code="UNKNOWN_COUPON", message=f"{req.coupon_id} is not configured", coupon_id=req.coupon_id)
                 )
         elif coupon.per_user_limit is not None:
             user = self.ledger.subjects.get(keys[Subject.USER])
-            used = user.used(("coupon", req.coupon_id)) if user is not None else 0
+            used = user.used(key("coupon", req.coupon_id)) if user is not None else 0
             if used + 1 > coupon.per_user_limit:
                 reasons.append(
-                    Reason(
-                        code=Code.COUPON_CLAIM_LIMIT,
+                    reason(
+                        Code.COUPON_CLAIM_LIMIT,
                         coupon_id=req.coupon_id,
                         subject="user",
                         limit=coupon.per_user_limit,
@@ -150,7 +151,7 @@ class Coordinator:
                 )
         if cfg.whitelist.has("user", req.user_id):
             notices.extend(Notice(code=r.code.value, message="not applied: the user is whitelisted") for r in reasons)
-            reasons = [Reason(code=Code.WHITELISTED, subject="user", value=req.user_id)]
+            reasons = [reason(Code.WHITELISTED, subject="user", value=req.user_id)]
             decision = Decision.ALLOW
         else:
             decision = Decision.DENY if reasons else Decision.ALLOW
@@ -200,10 +201,10 @@ class Coordinator:
         """End every hold due at `now` and sweep due risk windows; returns the holds expired."""
         expired = 0
         for when, kind, key in self.ledger.expiry.pop_due(now):
-            if kind is Due.WINDOWS:
-                self.ledger.sweep_windows(key, when, now)  # type: ignore[arg-type]
+            if kind == Due.WINDOWS:
+                self.ledger.sweep_windows(key, when, now)
                 continue
-            order = self.orders.get(key)  # type: ignore[arg-type]
+            order = self.orders.get(key)
             if order is not None and order.state is OrderState.HELD and order.expires_at == when:
                 self._expire(order, now)
                 self.journal.append(("expire", order.order_id, now))
@@ -235,36 +236,36 @@ class Coordinator:
     def _hold(self, order: Order) -> None:
         self.orders[order.order_id] = order
         if order.state is OrderState.HELD and order.footprint is not None and order.expires_at is not None:
-            self.ledger.hold(order.order_id, order.created_at, order.footprint)
+            self.ledger.hold(order.created_at, order.footprint)
             self.ledger.expiry.schedule(order.expires_at, Due.HOLD, order.order_id)
 
     def _confirm(self, order: Order, now: int) -> None:
         assert order.footprint is not None
-        self.ledger.confirm(("user", order.user_id), order.footprint)
+        self.ledger.confirm(user_key(order.user_id), order.footprint)
         order.state = OrderState.CONFIRMED
         order.updated_at = now
 
     def _cancel(self, order: Order, now: int) -> None:
         fp = order.footprint
         assert fp is not None
-        user_key = ("user", order.user_id)
+        user = user_key(order.user_id)
         if order.state is OrderState.HELD:
-            self.ledger.release(order.order_id, order.created_at, user_key, fp, confirmed=False)
+            self.ledger.release(order.created_at, user, fp, confirmed=False)
             order.footprint = None
         elif self.config.settings.release_on_cancel:
-            self.ledger.release(order.order_id, order.created_at, user_key, fp, confirmed=True)
+            self.ledger.release(order.created_at, user, fp, confirmed=True)
             order.footprint = None
         else:
-            self.ledger.unconfirm_totals(user_key, fp)  # quotas stay used; the order no longer counts as farmed
+            self.ledger.unconfirm_totals(user, fp)  # quotas stay used; the order no longer counts as farmed
         order.state = OrderState.CANCELLED
         order.updated_at = now
 
     def _expire(self, order: Order, now: int) -> None:
         assert order.footprint is not None
-        self.ledger.release(order.order_id, order.created_at, ("user", order.user_id), order.footprint, confirmed=False)
+        self.ledger.release(order.created_at, user_key(order.user_id), order.footprint, confirmed=False)
         order.footprint = None
         order.state = OrderState.EXPIRED
         order.updated_at = now
 
     def _claim(self, user_id: str, coupon_id: str) -> None:
-        self.ledger.claim(("user", user_id), coupon_id)
+        self.ledger.claim(user_key(user_id), coupon_id)

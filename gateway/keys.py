@@ -8,6 +8,7 @@ from aiohttp import web
 
 from gateway.clock import Clock, ManualClock
 from gateway.coordinator import Coordinator, RecordSink
+from gateway.stats import Stats
 
 
 @dataclass(slots=True)
@@ -25,3 +26,4 @@ CLOCK = web.AppKey("clock", Clock)
 MANUAL_CLOCK = web.AppKey("manual_clock", ManualClock)
 ADMIN_TOKEN = web.AppKey("admin_token", str)
 LOAD = web.AppKey("load", Load)
+STATS = web.AppKey("stats", Stats)

@@ -6,10 +6,12 @@ commit (so nothing is acknowledged before it is durable) and answers.
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
 
 from gateway.codec import decode, digest, respond
-from gateway.keys import COORDINATOR, JOURNAL
+from gateway.keys import COORDINATOR, JOURNAL, STATS
 from gateway.schema import CheckRequest, ClaimRequest
 
 routes = web.RouteTableDef()
@@ -17,9 +19,11 @@ routes = web.RouteTableDef()
 
 @routes.post("/v1/orders/check")
 async def check(request: web.Request) -> web.Response:
+    start = time.perf_counter()
     req = await decode(request, CheckRequest)
     response = request.app[COORDINATOR].check(req, digest(req))
     await request.app[JOURNAL].commit()
+    request.app[STATS].observe_check(response, time.perf_counter() - start)
     return respond(request, response)
 
 

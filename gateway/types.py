@@ -83,23 +83,31 @@ LIMIT_SUBJECTS = (
     Subject.RECEIVER_ADDRESS,
 )
 
-# An actor's identity: (subject kind, folded value). Tuples keep hashing cheap on the hot path.
-SubjectKey = tuple[str, str]
-# A counter inside a subject actor: ("sku", id), ("spu", id), ("act", id), ("actsku", act, sku),
-# ("coupon", id).
-CounterKey = tuple[str, ...]
-# A risk-rule window inside a subject actor: (scope field, scope value, window seconds);
-# scope field "" means every SKU.
-WindowKey = tuple[str, str, int]
+# Keys are strings joined by SEP (ids may not contain control characters, so a key splits back
+# uniquely). Strings cache their hash, and dicts of strings and ints are not tracked by the garbage
+# collector: with millions of counters, both matter more than anything else on the hot path.
+SEP = "\x1f"
+# An actor's identity: "kind SEP folded value", e.g. "user\x1fu1", "address:town\x1fzhejiang/...".
+SubjectKey = str
+# A counter inside a subject actor: "sku SEP id", "spu SEP id", "act SEP id",
+# "actsku SEP act SEP sku", "coupon SEP id".
+CounterKey = str
+# A risk-rule window inside a subject actor: "scope field SEP scope value SEP seconds"; an empty
+# scope field means every SKU.
+WindowKey = str
+
+
+def key(*parts: str) -> str:
+    return SEP.join(parts)
 # A state change as the journal stores it: ("check", ...), ("confirm", id, t), ("put", ...), ...
 Record = tuple[Any, ...]
 
 
 class Reason(msgspec.Struct, omit_defaults=True, kw_only=True):
-    """One failed check, with the fields that locate it (SPEC section 3)."""
+    """One failed check, with the fields that locate it (SPEC section 3). Build it with `reason`."""
 
     code: Code
-    degradable: bool = False
+    degradable: bool  # no default, so it is always on the wire, as the SPEC's example shows
     activity_id: str | None = None
     sku_id: str | None = None
     spu_id: str | None = None
@@ -112,6 +120,11 @@ class Reason(msgspec.Struct, omit_defaults=True, kw_only=True):
     used: int | None = None
     requested: int | None = None
     auto: bool | None = None
+
+
+def reason(code: Code, **where: Any) -> Reason:
+    """A Reason whose `degradable` follows from its code, so no call site can get it wrong."""
+    return Reason(code=code, degradable=code in DEGRADABLE, **where)
 
 
 class Notice(msgspec.Struct, omit_defaults=True, kw_only=True):

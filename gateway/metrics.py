@@ -1,0 +1,82 @@
+"""`GET /metrics`: Prometheus text format, built at scrape time.
+
+The hot path only bumps plain ints (`stats.Stats`); a custom prometheus-client collector
+turns them, and the live state of the coordinator (holds, activity budgets), into metric families
+when Prometheus asks. No lock and no label lookup is paid per check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.coordinator import Coordinator
+from gateway.keys import COORDINATOR, LOAD, STATS
+from gateway.stats import LATENCY_BUCKETS, Stats
+from gateway.types import OrderState
+
+routes = web.RouteTableDef()
+
+
+class GatewayCollector(Collector):
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[Metric]:
+        stats: Stats = self.app[STATS]
+        coordinator: Coordinator = self.app[COORDINATOR]
+        checks = CounterMetricFamily("flashguard_checks", "Order checks by decision", labels=["decision"])
+        for decision, n in sorted(stats.decisions.items()):
+            checks.add_metric([decision], n)
+        yield checks
+        reasons = CounterMetricFamily("flashguard_reasons", "Refusal reasons by code", labels=["code"])
+        for code, n in sorted(stats.reasons.items()):
+            reasons.add_metric([code], n)
+        yield reasons
+        shadow = CounterMetricFamily("flashguard_shadow_hits", "Shadow rule hits by rule", labels=["rule_id"])
+        for rule_id, n in sorted(stats.shadow.items()):
+            shadow.add_metric([rule_id], n)
+        yield shadow
+        buckets, cumulative = [], 0
+        for bound, n in zip((*LATENCY_BUCKETS, float("inf")), stats.latency_counts):
+            cumulative += n
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        yield HistogramMetricFamily(
+            "flashguard_check_seconds", "Time to decide a check, body read to answer", buckets=buckets, sum_value=stats.latency_sum
+        )
+        yield GaugeMetricFamily(
+            "flashguard_live_holds",
+            "Orders currently held",
+            value=sum(1 for o in coordinator.orders.values() if o.state is OrderState.HELD),
+        )
+        shed = CounterMetricFamily("flashguard_shed", "Requests answered 429 (overloaded)")
+        shed.add_metric([], self.app[LOAD].shed)
+        yield shed
+        yield from _budgets(coordinator)
+
+
+def _budgets(coordinator: Coordinator) -> Iterator[Metric]:
+    spent = GaugeMetricFamily("flashguard_activity_spent", "Budget spent by confirmed orders", labels=["activity_id"])
+    held = GaugeMetricFamily("flashguard_activity_held", "Budget held by unconfirmed orders", labels=["activity_id"])
+    remaining = GaugeMetricFamily("flashguard_activity_remaining", "Budget left", labels=["activity_id"])
+    fused = GaugeMetricFamily("flashguard_activity_fused", "1 when the budget is used up", labels=["activity_id"])
+    for aid, activity in sorted(coordinator.config.activities.items()):
+        actor = coordinator.ledger.activities.get(aid)
+        s, h = (actor.spent, actor.held) if actor is not None else (0, 0)
+        spent.add_metric([aid], s)
+        held.add_metric([aid], h)
+        if activity.budget is not None:
+            remaining.add_metric([aid], max(activity.budget - s - h, 0))
+            fused.add_metric([aid], 1 if s + h >= activity.budget else 0)
+    yield from (spent, held, remaining, fused)
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(GatewayCollector(request.app))
+    return web.Response(body=generate_latest(registry), content_type="text/plain", charset="utf-8")

@@ -1,0 +1,101 @@
+"""Who an order is for: its subjects as actor keys, and the black- and whitelists over them.
+
+Receiver names and addresses are folded (case, white space) and phones reduced to digits, so that
+a scalper cannot dodge a limit by writing 'ZHANG  san' or '139-0000-0000'.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from actors.ledger import Ledger
+from actors.subject import SubjectActor
+from gateway.config import Config, fold, fold_phone
+from gateway.schema import CheckRequest
+from gateway.types import REGION_DEPTH, SEP, Code, Reason, Subject, SubjectKey, reason
+
+_USER = "user" + SEP
+_DEVICE = "device" + SEP
+_IP = "ip" + SEP
+_NAME = "receiver_name" + SEP
+_PHONE = "receiver_phone" + SEP
+_ADDRESS = "receiver_address" + SEP
+_REGIONS = tuple((level, level.value + SEP, depth) for level, depth in REGION_DEPTH.items())
+
+
+def user_key(user_id: str) -> SubjectKey:
+    return _USER + user_id
+
+
+@dataclass(slots=True)
+class Subjects:
+    """Each present subject's actor key, and the address as its region prefixes."""
+
+    keys: dict[Subject, SubjectKey]
+    user_id: str
+    device: str | None = None
+    phone: str | None = None
+    prefixes: tuple[str, ...] = ()  # folded region paths, shortest first
+
+
+def order_subjects(req: CheckRequest) -> Subjects:
+    keys: dict[Subject, SubjectKey] = {Subject.USER: _USER + req.user_id}
+    out = Subjects(keys, req.user_id, device=req.device_id)
+    if req.device_id is not None:
+        keys[Subject.DEVICE] = _DEVICE + req.device_id
+    if req.ip is not None:
+        keys[Subject.IP] = _IP + req.ip
+    receiver = req.receiver
+    if receiver is None:
+        return out
+    if receiver.name and (name := fold(receiver.name)):
+        keys[Subject.RECEIVER_NAME] = _NAME + name
+    if receiver.phone and (phone := fold_phone(receiver.phone)):
+        keys[Subject.RECEIVER_PHONE] = _PHONE + phone
+        out.phone = phone
+    address = receiver.address
+    if address is not None:
+        # A missing level is an empty part, so a town directly under a city keeps its place.
+        parts = [fold(p.replace("/", " ")) if p else "" for p in (address.province, address.city, address.district, address.town)]
+        while parts and not parts[-1]:
+            parts.pop()
+        prefixes: list[str] = []
+        path = ""
+        for part in parts:
+            path = path + "/" + part if path or prefixes else part
+            prefixes.append(path)
+        out.prefixes = tuple(prefixes)
+        for level, prefix, depth in _REGIONS:
+            if depth <= len(parts) and parts[depth - 1]:
+                keys[level] = prefix + prefixes[depth - 1]
+        detail = fold(address.detail or "")
+        if parts or detail:
+            keys[Subject.RECEIVER_ADDRESS] = _ADDRESS + path + SEP + detail
+    return out
+
+
+def auto_blacklisted(cfg: Config, user: SubjectActor) -> bool:
+    rule = cfg.auto_blacklist
+    if rule.discount_cost is not None and user.discount_total >= rule.discount_cost:
+        return True
+    return rule.negative_margin and user.margin_total < 0
+
+
+def blacklist_reasons(cfg: Config, ledger: Ledger, subj: Subjects) -> list[Reason]:
+    """BLACKLISTED for the user (listed or auto), device, phone and address (SPEC section 3)."""
+    black, white = cfg.blacklist, cfg.whitelist
+    out: list[Reason] = []
+    user = ledger.subjects.get(subj.keys[Subject.USER])
+    if black.has("user", subj.user_id):
+        out.append(reason(Code.BLACKLISTED, subject="user", value=subj.user_id))
+    elif user is not None and auto_blacklisted(cfg, user):
+        out.append(reason(Code.BLACKLISTED, subject="user", value=subj.user_id, auto=True))
+    if subj.device is not None and black.has("device", subj.device) and not white.has("device", subj.device):
+        out.append(reason(Code.BLACKLISTED, subject="device", value=subj.device))
+    if subj.phone is not None and black.has("phone", subj.phone) and not white.has("phone", subj.phone):
+        out.append(reason(Code.BLACKLISTED, subject="phone", value=subj.phone))
+    if subj.prefixes:
+        region = black.has_prefix("address", subj.prefixes)
+        if region is not None and white.has_prefix("address", subj.prefixes) is None:
+            out.append(reason(Code.BLACKLISTED, subject="address", value=region))
+    return out

@@ -1,0 +1,549 @@
+"""Configuration (SPEC sections 2 and 6): files, durations, exact ratios, validation errors with
+their locations, `flashguard check-config`, and SKUs/activities missing from the configuration.
+"""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.cli import main
+from gateway.config import Config, ConfigError, build_config, demo_config, load_config
+from tests.conftest import Gateway, MakeGateway, base_config, discount, item, order
+
+SPEC_TOML = """
+[settings]
+hold_ttl = "15m"
+risk_multiplier = "1.0"
+unknown = "allow"
+release_on_cancel = true
+locale = "zh"
+
+[[skus]]
+sku_id = "S1"
+spu_id = "P1"
+category = "phone"
+brand = "acme"
+cost_price = 500000
+original_price = 599900
+price_fuse = { base = "cost", ratio = "1.0" }
+limits = { user = 2, device = 2, receiver_name = 2, receiver_phone = 2, receiver_address = 2 }
+
+[[spus]]
+spu_id = "P1"
+limits = { user = 3 }
+
+[[activities]]
+activity_id = "A1"
+budget = 1000000
+starts_at = 1764000000
+user_limit = 5
+sku_limits = { S1 = 1 }
+disclose_limits = true
+
+[[coupons]]
+coupon_id = "C1"
+activity_id = "A1"
+per_user_limit = 1
+
+[[rules]]
+rule_id = "R1"
+subject = "address:town"
+scope = { category = "phone" }
+window = "24h"
+max_quantity = 20
+mode = "enforce"
+
+[lists.blacklist]
+user = ["u-bad"]
+device = ["d-bad"]
+phone = ["13800000000"]
+address = ["Zhejiang/Hangzhou/Xihu"]
+[lists.whitelist]
+user = ["staff-1"]
+address = ["Zhejiang/Hangzhou/Xihu/Lingyin"]
+discount = ["618-SUPER"]
+
+[auto_blacklist]
+discount_cost = 200000
+negative_margin = true
+"""
+
+
+def errors_of(doc: Any) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        build_config(doc)
+    assert info.value.errors, "a ConfigError lists its errors"
+    return info.value.errors
+
+
+def one_error(doc: Any) -> str:
+    errors = errors_of(doc)
+    assert len(errors) == 1, errors
+    return errors[0]
+
+
+def assert_spec_example(cfg: Config) -> None:
+    s1 = cfg.skus["S1"]
+    assert (s1.spu_id, s1.category, s1.brand, s1.cost_price, s1.original_price) == ("P1", "phone", "acme", 500000, 599900)
+    assert s1.price_fuse is not None and s1.price_fuse.base == "cost" and s1.price_fuse.ratio == "1.0"
+    limits = s1.limits
+    assert (limits.user, limits.device, limits.receiver_name, limits.receiver_phone, limits.receiver_address) == (2, 2, 2, 2, 2)
+    assert cfg.spus["P1"].limits.user == 3
+    a1 = cfg.activities["A1"]
+    assert (a1.budget, a1.starts_at, a1.ends_at, a1.user_limit, a1.sku_limits, a1.disclose_limits) == (
+        1000000,
+        1764000000,
+        None,
+        5,
+        {"S1": 1},
+        True,
+    )
+    assert cfg.coupons["C1"].per_user_limit == 1
+    assert cfg.coupons["C1"].activity_id == "A1"
+    r1 = cfg.rules["R1"]
+    assert (r1.subject.value, r1.scope.category, r1.window_seconds, r1.max_quantity, r1.mode) == (
+        "address:town",
+        "phone",
+        86400,
+        20,
+        "enforce",
+    )
+    assert cfg.settings.hold_ttl_seconds == 900
+    assert cfg.settings.multiplier == 1
+    assert (cfg.settings.unknown, cfg.settings.release_on_cancel, cfg.settings.locale) == ("allow", True, "zh")
+    lists = cfg.to_doc()["lists"]
+    nonempty = {name: {k: v for k, v in lists[name].items() if v} for name in ("blacklist", "whitelist")}
+    assert nonempty["blacklist"] == {
+        "user": ["u-bad"],
+        "device": ["d-bad"],
+        "phone": ["13800000000"],
+        "address": ["Zhejiang/Hangzhou/Xihu"],
+    }
+    assert nonempty["whitelist"] == {
+        "user": ["staff-1"],
+        "address": ["Zhejiang/Hangzhou/Xihu/Lingyin"],
+        "discount": ["618-SUPER"],
+    }
+    assert (cfg.auto_blacklist.discount_cost, cfg.auto_blacklist.negative_margin) == (200000, True)
+
+
+# -- loading files -------------------------------------------------------------------------
+
+
+def test_load_toml_file(tmp_path: Path) -> None:
+    path = tmp_path / "flashguard.toml"
+    path.write_text(SPEC_TOML, encoding="utf-8")
+    assert_spec_example(load_config(path))
+
+
+def test_load_json_file_means_the_same_as_toml(tmp_path: Path) -> None:
+    import tomllib
+
+    toml_path = tmp_path / "c.toml"
+    toml_path.write_text(SPEC_TOML, encoding="utf-8")
+    json_path = tmp_path / "c.json"
+    json_path.write_text(json.dumps(tomllib.loads(SPEC_TOML)), encoding="utf-8")
+    from_json = load_config(json_path)
+    assert_spec_example(from_json)
+    assert from_json.to_doc() == load_config(toml_path).to_doc()
+
+
+def test_demo_config_loads() -> None:
+    cfg = demo_config()
+    assert cfg.skus and cfg.activities and cfg.rules
+    assert "S1" in cfg.skus
+    # What it shows round-trips through validation.
+    assert build_config(cfg.to_doc()).to_doc() == cfg.to_doc()
+
+
+def test_toml_syntax_error_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[settings]\nhold_ttl = "15m\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "TOML" in info.value.errors[0]
+
+
+def test_json_syntax_error_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text('{"settings": {', encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "JSON" in info.value.errors[0]
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_top_level_must_be_a_table() -> None:
+    docs: list[Any] = [[], "config", 1, None]
+    for doc in docs:
+        assert errors_of(doc)
+
+
+def test_empty_document_is_valid_with_defaults() -> None:
+    cfg = build_config({})
+    assert cfg.skus == {} and cfg.rules == {}
+    assert cfg.settings.hold_ttl_seconds == 900
+    assert (cfg.settings.unknown, cfg.settings.release_on_cancel, cfg.settings.locale) == ("allow", True, "zh")
+
+
+# -- durations and ratios ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("30s", 30), ("15m", 900), ("1h", 3600), ("24h", 86400), ("7d", 604800), (45, 45), (1, 1), ("90", 90)],
+)
+def test_durations(value: Any, seconds: int) -> None:
+    cfg = build_config({"settings": {"hold_ttl": value}})
+    assert cfg.settings.hold_ttl_seconds == seconds
+    rule = {"rule_id": "R1", "subject": "user", "window": value, "max_quantity": 1}
+    assert build_config({"rules": [rule]}).rules["R1"].window_seconds == seconds
+
+
+BAD_DURATIONS: list[Any] = ["15x", "", "1.5h", "15 minutes", 0, "0s", -5, True, 1.5]
+
+
+@pytest.mark.parametrize("value", BAD_DURATIONS)
+def test_bad_durations_are_refused_at_their_entry(value: Any) -> None:
+    error = one_error({"settings": {"hold_ttl": value}})
+    assert error.startswith("settings"), error
+    rule = {"rule_id": "R1", "subject": "user", "window": value, "max_quantity": 1}
+    error = one_error({"rules": [rule]})
+    assert error.startswith("rules[0] (rule_id=R1)"), error
+
+
+@pytest.mark.parametrize("value", ["15x", 0])
+def test_bad_hold_ttl_error_names_the_field(value: Any) -> None:
+    error = one_error({"settings": {"hold_ttl": value}})
+    assert error.startswith("settings") and "hold_ttl" in error, error
+
+
+@pytest.mark.parametrize("value", ["15x", 0])
+def test_bad_rule_window_error_names_the_field(value: Any) -> None:
+    rule = {"rule_id": "R1", "subject": "user", "window": value, "max_quantity": 1}
+    error = one_error({"rules": [rule]})
+    assert error.startswith("rules[0] (rule_id=R1)") and "window" in error, error
+
+
+@pytest.mark.parametrize(
+    ("value", "exact"),
+    [("1.0", Fraction(1)), ("0.95", Fraction(19, 20)), (0.1, Fraction(1, 10)), (1, Fraction(1)), ("0.333", Fraction(333, 1000))],
+)
+def test_ratios_are_exact(value: Any, exact: Fraction) -> None:
+    cfg = build_config({"settings": {"risk_multiplier": value}})
+    assert cfg.settings.multiplier == exact
+
+
+BAD_RATIOS: list[Any] = ["abc", "-0.5", "NaN", "Infinity", True, ""]
+
+
+@pytest.mark.parametrize("value", BAD_RATIOS)
+def test_bad_ratios_are_refused_at_their_entry(value: Any) -> None:
+    error = one_error({"settings": {"risk_multiplier": value}})
+    assert error.startswith("settings"), error
+    sku = {"sku_id": "S1", "cost_price": 10, "price_fuse": {"base": "cost", "ratio": value}}
+    error = one_error({"skus": [sku]})
+    assert error.startswith("skus[0] (sku_id=S1).price_fuse") and "ratio" in error, error
+
+
+def test_bad_risk_multiplier_error_names_the_field() -> None:
+    error = one_error({"settings": {"risk_multiplier": "abc"}})
+    assert error.startswith("settings") and "risk_multiplier" in error, error
+
+
+@pytest.mark.parametrize("ratio", ["0.1", 0.1])
+async def test_price_fuse_floor_is_exact(gw_factory: MakeGateway, ratio: Any) -> None:
+    # 30 * 0.1 is 3.0000000000000004 in floating point; exactly it is 3, and paying 3 passes.
+    cfg = base_config(skus=[{"sku_id": "S1", "cost_price": 30, "price_fuse": {"base": "cost", "ratio": ratio}}])
+    gw = await gw_factory(cfg)
+    assert (await gw.check(order(item("S1", 1, 100, discount(97)))))["decision"] == "allow"
+    res = await gw.check(order(item("S1", 1, 100, discount(98))))
+    assert [r["code"] for r in res["reasons"]] == ["PRICE_FUSE"]
+
+
+async def test_risk_multiplier_is_exact(gw_factory: MakeGateway) -> None:
+    # floor(100 * 0.29) is 29; in floating point 100 * 0.29 is 28.999999999999996.
+    cfg = base_config(rules=[{"rule_id": "R1", "subject": "user", "window": "1h", "max_quantity": 100}])
+    cfg["settings"]["risk_multiplier"] = "0.29"
+    gw = await gw_factory(cfg)
+    assert (await gw.check(order(item("S1", 29))))["decision"] == "allow"
+    res = await gw.check(order(item("S1", 1)))
+    assert [(r["code"], r["limit"], r["used"]) for r in res["reasons"]] == [("RISK_RULE", 29, 29)]
+
+
+# -- invalid documents ---------------------------------------------------------------------
+
+
+def test_error_names_the_entry_and_the_field() -> None:
+    doc = {"skus": [{"sku_id": "S1"}, {"sku_id": "S2", "limits": {"user": 0}}]}
+    error = one_error(doc)
+    assert error.startswith("skus[1] (sku_id=S2).limits.user"), error
+
+
+def test_several_bad_entries_give_several_errors() -> None:
+    doc = {
+        "skus": [
+            {"sku_id": "S1", "limits": {"user": 0}},
+            {"sku_id": "S2"},
+            {"sku_id": "S3", "cost_price": -1},
+        ],
+        "activities": [{"activity_id": "A1", "budget": "lots"}],
+        "rules": [{"rule_id": "R1", "subject": "planet", "window": "1h", "max_quantity": 1}],
+    }
+    errors = errors_of(doc)
+    assert len(errors) == 4, errors
+    assert any(e.startswith("skus[0] (sku_id=S1).limits.user") for e in errors)
+    assert any(e.startswith("skus[2] (sku_id=S3).cost_price") for e in errors)
+    assert any(e.startswith("activities[0] (activity_id=A1).budget") for e in errors)
+    assert any(e.startswith("rules[0] (rule_id=R1).subject") for e in errors)
+
+
+def test_entry_without_an_id_is_located_by_index() -> None:
+    error = one_error({"skus": [{"sku_id": "S1"}, {"limits": {"user": 1}}]})
+    assert error.startswith("skus[1]"), error
+    assert "sku_id" in error
+
+
+@pytest.mark.parametrize(
+    ("section", "id_field", "extra"),
+    [
+        ("skus", "sku_id", {}),
+        ("spus", "spu_id", {}),
+        ("activities", "activity_id", {}),
+        ("coupons", "coupon_id", {}),
+        ("rules", "rule_id", {"subject": "user", "window": "1h", "max_quantity": 1}),
+    ],
+)
+def test_duplicate_ids(section: str, id_field: str, extra: dict[str, Any]) -> None:
+    entries = [{id_field: "X", **extra}, {id_field: "Y", **extra}, {id_field: "X", **extra}]
+    error = one_error({section: entries})
+    assert error.startswith(f"{section}[2] ({id_field}=X)"), error
+    assert "duplicate" in error
+
+
+def test_unknown_section() -> None:
+    doc: dict[str, Any] = {**base_config(), "skuz": []}
+    error = one_error(doc)
+    assert error.startswith("skuz"), error
+
+
+@pytest.mark.parametrize(
+    ("doc", "where", "field"),
+    [
+        ({"skus": [{"sku_id": "S1", "quantty": 1}]}, "skus[0] (sku_id=S1)", "quantty"),
+        ({"skus": [{"sku_id": "S1", "limits": {"ip": 1}}]}, "skus[0] (sku_id=S1).limits", "ip"),
+        ({"settings": {"hold_tll": "15m"}}, "settings", "hold_tll"),
+        ({"activities": [{"activity_id": "A1", "budjet": 5}]}, "activities[0] (activity_id=A1)", "budjet"),
+        (
+            {"rules": [{"rule_id": "R1", "subject": "user", "window": "1h", "max_quantity": 1, "scope": {"colour": "red"}}]},
+            "rules[0] (rule_id=R1).scope",
+            "colour",
+        ),
+        ({"lists": {"greylist": {}}}, "lists", "greylist"),
+        ({"lists": {"blacklist": {"email": ["x"]}}}, "lists.blacklist", "email"),
+        ({"auto_blacklist": {"discount": 5}}, "auto_blacklist", "discount"),
+    ],
+)
+def test_unknown_fields(doc: dict[str, Any], where: str, field: str) -> None:
+    error = one_error(doc)
+    assert error.startswith(where), error
+    assert field in error, error
+
+
+@pytest.mark.parametrize("window", ["8d", "169h", 604801, "10081m"])
+def test_window_over_7d(window: Any) -> None:
+    rule = {"rule_id": "R1", "subject": "user", "window": window, "max_quantity": 1}
+    error = one_error({"rules": [rule]})
+    assert error.startswith("rules[0] (rule_id=R1)"), error
+    assert "window" in error and "7d" in error
+
+
+@pytest.mark.parametrize("window", ["7d", 604800, "168h"])
+def test_window_of_exactly_7d_is_fine(window: Any) -> None:
+    rule = {"rule_id": "R1", "subject": "user", "window": window, "max_quantity": 1}
+    assert build_config({"rules": [rule]}).rules["R1"].window_seconds == 604800
+
+
+def test_price_fuse_base_needs_its_price() -> None:
+    error = one_error({"skus": [{"sku_id": "S1", "original_price": 10, "price_fuse": {"base": "cost", "ratio": "1"}}]})
+    assert error.startswith("skus[0] (sku_id=S1)") and "cost_price" in error, error
+    error = one_error({"skus": [{"sku_id": "S1", "cost_price": 10, "price_fuse": {"base": "original", "ratio": "1"}}]})
+    assert error.startswith("skus[0] (sku_id=S1)") and "original_price" in error, error
+    error = one_error({"skus": [{"sku_id": "S1", "cost_price": 10, "price_fuse": {"base": "list", "ratio": "1"}}]})
+    assert error.startswith("skus[0] (sku_id=S1).price_fuse.base"), error
+
+
+@pytest.mark.parametrize(("starts_at", "ends_at"), [(100, 100), (100, 99)])
+def test_ends_at_must_be_after_starts_at(starts_at: int, ends_at: int) -> None:
+    error = one_error({"activities": [{"activity_id": "A1", "starts_at": starts_at, "ends_at": ends_at}]})
+    assert error.startswith("activities[0] (activity_id=A1)"), error
+    assert "ends_at" in error
+
+
+def test_ends_at_one_second_after_starts_at_is_fine() -> None:
+    a1 = build_config({"activities": [{"activity_id": "A1", "starts_at": 100, "ends_at": 101}]}).activities["A1"]
+    assert a1.active(100) and not a1.active(101) and not a1.active(99)
+
+
+@pytest.mark.parametrize(
+    ("entry", "field"),
+    [
+        ({"sku_id": "S1", "cost_price": 1.0}, "cost_price"),
+        ({"sku_id": "S1", "cost_price": True}, "cost_price"),
+        ({"sku_id": "S1", "limits": {"user": 1.5}}, "limits.user"),
+        ({"sku_id": "x" * 129}, "sku_id"),
+        ({"sku_id": ""}, "sku_id"),
+    ],
+)
+def test_money_limits_and_ids_are_strict(entry: dict[str, Any], field: str) -> None:
+    error = one_error({"skus": [entry]})
+    assert error.startswith("skus[0]") and field in error, error
+
+
+def test_scope_names_at_most_one_field() -> None:
+    rule = {"rule_id": "R1", "subject": "user", "window": "1h", "max_quantity": 1, "scope": {"category": "a", "brand": "b"}}
+    error = one_error({"rules": [rule]})
+    assert error.startswith("rules[0] (rule_id=R1)") and "scope" in error, error
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def test_check_config_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "good.toml"
+    path.write_text(SPEC_TOML, encoding="utf-8")
+    assert main(["check-config", str(path)]) == 0
+    out = capsys.readouterr()
+    assert "ok" in out.out
+    assert out.err == ""
+
+
+def test_check_config_ok_for_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "good.json"
+    path.write_text(json.dumps(base_config()), encoding="utf-8")
+    assert main(["check-config", str(path)]) == 0
+    assert "ok" in capsys.readouterr().out
+
+
+def test_check_config_prints_each_error_with_its_location(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        """
+[[skus]]
+sku_id = "S1"
+
+[[skus]]
+sku_id = "S2"
+limits = { user = 0 }
+
+[[activities]]
+activity_id = "A1"
+starts_at = 200
+ends_at = 100
+
+[[rules]]
+rule_id = "R1"
+subject = "user"
+window = "30d"
+max_quantity = 1
+""",
+        encoding="utf-8",
+    )
+    assert main(["check-config", str(path)]) == 1
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "skus[1] (sku_id=S2).limits.user" in text
+    assert "activities[0] (activity_id=A1)" in text
+    assert "rules[0] (rule_id=R1)" in text
+    assert "ok" not in out.out
+
+
+def test_check_config_on_a_syntax_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text("[[skus]\nsku_id = 1\n", encoding="utf-8")
+    assert main(["check-config", str(path)]) == 1
+    out = capsys.readouterr()
+    assert "TOML" in out.out + out.err
+
+
+def test_check_config_on_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", str(tmp_path / "nope.toml")]) == 1
+    out = capsys.readouterr()
+    assert "nope.toml" in out.out + out.err
+
+
+# -- unknown SKUs and activities -----------------------------------------------------------
+
+
+def with_unknown(mode: str) -> dict[str, Any]:
+    cfg = base_config(skus=[{"sku_id": "S1", "spu_id": "P1", "limits": {"user": 1}}])
+    cfg["settings"]["unknown"] = mode
+    return cfg
+
+
+async def test_unknown_sku_allowed_with_a_warning(gw_factory: MakeGateway) -> None:
+    gw: Gateway = await gw_factory(with_unknown("allow"))
+    res = await gw.check(order(item("S9", 3)))
+    assert res["decision"] == "allow"
+    assert res["reasons"] == []
+    assert [(w["code"], w.get("sku_id")) for w in res["warnings"]] == [("UNKNOWN_SKU", "S9")]
+    assert res["hold"] is not None
+
+
+async def test_unknown_sku_does_not_hide_a_known_skus_limit(gw_factory: MakeGateway) -> None:
+    gw = await gw_factory(with_unknown("allow"))
+    res = await gw.check(order(item("S1", 2), item("S9", 1)))
+    assert res["decision"] == "deny"
+    assert [(r["code"], r["sku_id"]) for r in res["reasons"]] == [("SKU_LIMIT", "S1")]
+    assert [w["code"] for w in res["warnings"]] == ["UNKNOWN_SKU"]
+
+
+async def test_unknown_activity_allowed_with_a_warning(gw_factory: MakeGateway) -> None:
+    gw = await gw_factory(with_unknown("allow"))
+    res = await gw.check(order(item("S1", 1, 1000, discount(100, activity="A9"))))
+    assert res["decision"] == "allow"
+    assert res["reasons"] == []
+    assert [(w["code"], w.get("activity_id")) for w in res["warnings"]] == [("UNKNOWN_ACTIVITY", "A9")]
+    assert res["payable"] == 900
+
+
+async def test_unknown_sku_denied_and_not_degradable(gw_factory: MakeGateway) -> None:
+    gw = await gw_factory(with_unknown("deny"))
+    for on_refusal in ("deny", "degrade"):
+        res = await gw.check(order(item("S9", 1, 1000, discount(100)), on_refusal=on_refusal))
+        assert res["decision"] == "deny", on_refusal
+        assert [(r["code"], r["sku_id"], r["degradable"]) for r in res["reasons"]] == [("UNKNOWN_SKU", "S9", False)]
+        assert res["hold"] is None
+    assert (await gw.user("u1"))["counters"]["sku"] == {}
+    assert (await gw.activity("A1"))["held"] == 0
+
+
+async def test_unknown_activity_denied_but_degradable(gw_factory: MakeGateway) -> None:
+    gw = await gw_factory(with_unknown("deny"))
+    body = order(item("S1", 1, 1000, discount(100, activity="A9")))
+    res = await gw.check(body)
+    assert res["decision"] == "deny"
+    assert [(r["code"], r["activity_id"], r["degradable"]) for r in res["reasons"]] == [("UNKNOWN_ACTIVITY", "A9", True)]
+    assert res["hold"] is None
+    degraded = await gw.check(order(item("S1", 1, 1000, discount(100, activity="A9")), on_refusal="degrade"))
+    assert degraded["decision"] == "degrade"
+    assert degraded["stripped"] == ["A9"]
+    assert degraded["payable"] == 1000
+    assert degraded["hold"] is not None
+    assert degraded["message"] == "This promotion has ended. Continue without the discount?"
+
+
+async def test_known_sku_and_activity_are_unaffected_by_unknown_deny(gw_factory: MakeGateway) -> None:
+    gw = await gw_factory(with_unknown("deny"))
+    res = await gw.check(order(item("S1", 1, 1000, discount(100))))
+    assert res["decision"] == "allow"
+    assert res["warnings"] == []
