@@ -52,7 +52,7 @@ class Ledger:
             counts[counter] = counts.get(counter, 0) + qty
         for skey, wkey, seconds, qty in fp.windows:
             if (subjects.get(skey) or self.subject(skey)).window_add(wkey, seconds, t, qty):
-                self._schedule_sweep(skey, t + seconds)  # an older window's expiry is scheduled already
+                self.schedule_sweep(skey, t + seconds)  # an older window's expiry is scheduled already
         for activity_id, amount in fp.budget:
             self.activity(activity_id).held += amount
         for sku_id, qty in fp.units:
@@ -101,7 +101,7 @@ class Ledger:
     def claim(self, user_key: SubjectKey, coupon_id: str) -> None:
         self.subject(user_key).add(key("coupon", coupon_id), 1)
 
-    def _schedule_sweep(self, key: SubjectKey, when: int) -> None:
+    def schedule_sweep(self, key: SubjectKey, when: int) -> None:
         current = self._scheduled.get(key)
         if current is None or when < current:
             self._scheduled[key] = when
@@ -117,6 +117,6 @@ class Ledger:
             return
         soonest = actor.prune_windows(now)
         if soonest is not None:
-            self._schedule_sweep(key, soonest)
+            self.schedule_sweep(key, soonest)
         elif actor.is_empty():
             del self.subjects[key]

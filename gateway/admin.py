@@ -17,10 +17,11 @@ from gateway.subjects import auto_blacklisted
 from gateway.clock import ClockError
 from gateway.codec import decode, parse, respond
 from gateway.config import LIST_KINDS, SECTIONS, ConfigError, Settings, build_config, convert_entry, normalize_list_value
-from gateway.errors import BadRequest, NotFound
-from gateway.keys import COORDINATOR, JOURNAL, MANUAL_CLOCK
+from gateway.errors import BadRequest, Conflict, NotFound, Unavailable
+from gateway.keys import COORDINATOR, MANUAL_CLOCK, STORE
 from gateway.schema import ClockRequest
 from gateway.types import SEP, Record, key
+from snapshots.store import SnapshotFailed
 
 routes = web.RouteTableDef()
 
@@ -33,7 +34,7 @@ async def _change(request: web.Request, record: Record) -> None:
         request.app[COORDINATOR].change(record)
     except ConfigError as e:
         raise BadRequest("invalid_config", "; ".join(e.errors)) from None
-    await request.app[JOURNAL].commit()
+    await request.app[COORDINATOR].journal.commit()
 
 
 @routes.get("/v1/admin/config")
@@ -139,7 +140,7 @@ async def get_activity(request: web.Request) -> web.Response:
         "fused": budget is not None and spent + held >= budget,
         "active": activity is not None and activity.active(coordinator.clock.now()),
     }
-    await request.app[JOURNAL].commit()
+    await request.app[COORDINATOR].journal.commit()
     return respond(request, out)
 
 
@@ -162,7 +163,7 @@ async def get_user(request: web.Request) -> web.Response:
             field, value, _ = wkey.split(SEP)
             windows.append({"scope": {field: value} if field else {}, "window": window.seconds, "quantity": window.count(now)})
     auto = actor is not None and auto_blacklisted(cfg, actor)
-    await request.app[JOURNAL].commit()
+    await request.app[COORDINATOR].journal.commit()
     return respond(
         request,
         {
@@ -192,6 +193,19 @@ async def move_clock(request: web.Request) -> web.Response:
     except ClockError as e:
         raise BadRequest("invalid_clock", str(e)) from None
     coordinator = request.app[COORDINATOR]
+    coordinator.journal.append(("clock", clock.now()))  # a restart continues from here
     expired = coordinator.expire_due(clock.now())
-    await request.app[JOURNAL].commit()
+    await coordinator.journal.commit()
     return respond(request, {"now": clock.now(), "expired": expired})
+
+
+@routes.post("/v1/admin/snapshot")
+async def take_snapshot(request: web.Request) -> web.Response:
+    store = request.app.get(STORE)
+    if store is None:
+        raise Conflict("no_data_directory", "this gateway runs without a data directory")
+    try:
+        path = await store.snapshot(request.app[COORDINATOR])
+    except (SnapshotFailed, OSError) as e:
+        raise Unavailable("snapshot_failed", f"the snapshot could not be written: {e}") from None
+    return respond(request, {"path": str(path), "bytes": path.stat().st_size, "seconds": round(store.stats.last_seconds, 4)})

@@ -1,15 +1,20 @@
-"""The aiohttp application: middlewares (errors, load shedding, admin auth), routes, lifecycle.
+"""The aiohttp application: middlewares (errors, load shedding, admin auth, disk guard), routes,
+and the lifecycle.
 
-`make_app` wires a coordinator to HTTP. Its one cleanup context starts the expiry sweeper, yields
-while the server runs, and stops the sweeper on the way out.
+`make_app` wires a coordinator to HTTP. Its one cleanup context restores the state from the data
+directory (when there is one), settles the admin token, starts the background tasks (expiry
+sweeper, periodic snapshots), yields while the server runs, then writes the final snapshot.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import logging
+import os
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -17,10 +22,13 @@ from aiohttp import web
 from gateway import admin, metrics, routes
 from gateway.clock import Clock, ManualClock
 from gateway.codec import ADMIN_BODY_LIMIT, error_body, respond
-from gateway.coordinator import Coordinator, NoJournal, RecordSink
-from gateway.errors import ApiError, Overloaded, Unauthorized
-from gateway.keys import ADMIN_TOKEN, CLOCK, COORDINATOR, JOURNAL, LOAD, MANUAL_CLOCK, STATS, Load
+from gateway.config import Config
+from gateway.coordinator import Coordinator
+from gateway.errors import ApiError, Overloaded, Unauthorized, Unavailable
+from gateway.keys import AUTH, CLOCK, COORDINATOR, LOAD, MANUAL_CLOCK, RELOAD, SEED, SNAPSHOT_EVERY, STATS, STORE, Auth, Load
 from gateway.stats import Stats
+from snapshots.journal import DiskError
+from snapshots.store import Store
 
 log = logging.getLogger("flashguard")
 
@@ -40,6 +48,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except ApiError as e:
         return _error(request, e.status, e.code, e.message, e.headers)
+    except DiskError as e:
+        return _error(request, 503, "disk_unavailable", f"the change could not be made durable and was not acknowledged: {e}")
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -73,48 +83,94 @@ async def admin_auth(request: web.Request, handler: Handler) -> web.StreamRespon
     if request.path.startswith("/v1/admin/"):
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
-        expected = request.app[ADMIN_TOKEN]
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        expected = request.app[AUTH].token or ""
+        if scheme.lower() != "bearer" or not expected or not hmac.compare_digest(token.strip().encode(), expected.encode()):
             raise Unauthorized(
                 "unauthorized", "admin calls need 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"}
             )
     return await handler(request)
 
 
-async def sweep(coordinator: Coordinator, journal: RecordSink) -> None:
+@web.middleware
+async def disk_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """While the journal cannot write, refuse changes up front (503), so none is made in memory
+    that could not be persisted; each refused call first retries the pending write."""
+    journal = request.app[COORDINATOR].journal
+    if request.method not in ("GET", "HEAD") and not journal.writable() and not await journal.retry():
+        raise Unavailable("disk_unavailable", "the journal cannot write; no change is accepted until it can", {"Retry-After": "1"})
+    return await handler(request)
+
+
+async def sweep(coordinator: Coordinator) -> None:
     """The one task that drains the expiry heap between requests."""
     while True:
         await asyncio.sleep(SWEEP_INTERVAL)
         try:
-            if coordinator.expire_due(coordinator.clock.now()):
-                await journal.commit()
+            if coordinator.journal.writable() or await coordinator.journal.retry():
+                if coordinator.expire_due(coordinator.clock.now()):
+                    await coordinator.journal.commit()
         except Exception:  # keep sweeping; the failure is logged and the next round retries
             log.exception("expiry sweep failed")
 
 
+def settle_token(auth: Auth, config: Config) -> None:
+    """FLASHGUARD_ADMIN_TOKEN, else the configuration's, else a new one printed at start."""
+    auth.token = auth.token or os.environ.get("FLASHGUARD_ADMIN_TOKEN") or config.settings.admin_token
+    if not auth.token:
+        auth.token = secrets.token_urlsafe(24)
+        print(f"admin token (set FLASHGUARD_ADMIN_TOKEN to choose one): {auth.token}", flush=True)
+
+
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(sweep(app[COORDINATOR], app[JOURNAL]), name="flashguard-sweeper")
+    coordinator = app[COORDINATOR]
+    store = app.get(STORE)
+    tasks = [asyncio.create_task(sweep(coordinator), name="flashguard-sweeper")]
+    if store is not None:
+        report = store.restore(coordinator, app[SEED], app[RELOAD])
+        log.info(
+            "restored: snapshot %s, %d journal records replayed%s%s",
+            report.snapshot.name if report.snapshot else "none",
+            report.replayed,
+            f", torn tail dropped ({report.torn})" if report.torn else "",
+            ", data directory seeded with the configuration" if report.seeded else "",
+        )
+        await coordinator.journal.commit()
+        if app[SNAPSHOT_EVERY] > 0:
+            tasks.append(asyncio.create_task(store.periodic(coordinator, app[SNAPSHOT_EVERY]), name="flashguard-snapshots"))
+    settle_token(app[AUTH], coordinator.config)
+    gc.collect()
+    gc.freeze()  # what restore built lives for the whole run: keep it out of every collection
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if store is not None:
+        await store.close(coordinator)
 
 
 def make_app(
     coordinator: Coordinator,
     *,
-    admin_token: str,
-    journal: RecordSink | None = None,
+    admin_token: str | None = None,
+    store: Store | None = None,
+    seed: Config | None = None,
+    reload_config: bool = False,
+    snapshot_every: float = 60.0,
     max_inflight: int = DEFAULT_MAX_INFLIGHT,
 ) -> web.Application:
-    app = web.Application(middlewares=[errors, shed_load, admin_auth], client_max_size=ADMIN_BODY_LIMIT)
+    app = web.Application(middlewares=[errors, shed_load, admin_auth, disk_guard], client_max_size=ADMIN_BODY_LIMIT)
     clock: Clock = coordinator.clock
     app[COORDINATOR] = coordinator
-    app[JOURNAL] = journal or coordinator.journal or NoJournal()
+    if store is not None:
+        app[STORE] = store
+    app[SEED] = seed or coordinator.config
+    app[RELOAD] = reload_config
+    app[SNAPSHOT_EVERY] = snapshot_every
     app[CLOCK] = clock
     if isinstance(clock, ManualClock):
         app[MANUAL_CLOCK] = clock
-    app[ADMIN_TOKEN] = admin_token
+    app[AUTH] = Auth(admin_token)
     app[LOAD] = Load(max_inflight)
     app[STATS] = Stats()
     app.add_routes(routes.routes)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
-import secrets
 import signal
 import sys
 from pathlib import Path
@@ -17,6 +15,7 @@ from gateway.app import DEFAULT_MAX_INFLIGHT, make_app
 from gateway.clock import Clock, ManualClock, SystemClock
 from gateway.config import Config, ConfigError, demo_config, load_config
 from gateway.coordinator import Coordinator
+from snapshots.store import RestoreError, Store
 
 log = logging.getLogger("flashguard")
 
@@ -32,6 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--manual-clock", action="store_true", help="time moves only by POST /v1/admin/clock")
     serve.add_argument("--reload-config", action="store_true", help="apply --config over a restored configuration")
     serve.add_argument("--max-inflight", type=int, default=DEFAULT_MAX_INFLIGHT, help="requests in flight before 429")
+    serve.add_argument(
+        "--fsync", choices=["always", "batch", "off"], default="batch", help="journal durability (see README)"
+    )
+    serve.add_argument("--snapshot-every", type=float, default=60.0, help="seconds between snapshots (0: only at stop)")
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file", type=Path)
     return parser
@@ -52,15 +55,6 @@ def check_config(path: Path) -> int:
     return 0
 
 
-def admin_token(cfg: Config) -> str:
-    token = os.environ.get("FLASHGUARD_ADMIN_TOKEN") or cfg.settings.admin_token
-    if token:
-        return token
-    token = secrets.token_urlsafe(24)
-    print(f"admin token (set FLASHGUARD_ADMIN_TOKEN to choose one): {token}", flush=True)
-    return token
-
-
 async def serve(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config) if args.config else demo_config()
@@ -68,12 +62,22 @@ async def serve(args: argparse.Namespace) -> int:
         for error in e.errors:
             log.error("%s: %s", args.config, error)
         return 2
-    args.data.mkdir(parents=True, exist_ok=True)
     clock: Clock = ManualClock() if args.manual_clock else SystemClock()
-    coordinator = Coordinator(cfg, clock)
-    app = make_app(coordinator, admin_token=admin_token(cfg), max_inflight=args.max_inflight)
+    coordinator = Coordinator(Config(), clock)
+    app = make_app(
+        coordinator,
+        store=Store(args.data, args.fsync),
+        seed=cfg,
+        reload_config=args.reload_config,
+        snapshot_every=args.snapshot_every,
+        max_inflight=args.max_inflight,
+    )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
+    try:
+        await runner.setup()
+    except RestoreError as e:
+        log.error("%s", e)
+        return 3
     site = web.TCPSite(runner, args.host, args.port, backlog=4096)
     await site.start()
     log.info("listening on http://%s:%d", args.host, args.port)

@@ -49,6 +49,10 @@ class ManualClock:
             raise ClockError(f"the clock cannot move backwards (now {self._now}, asked {t})")
         self._now = t
 
+    def restore(self, t: int) -> None:
+        """Continue from a restored state's time, so a restart does not move a test's clock."""
+        self._now = t
+
     def advance(self, seconds: int) -> None:
         if seconds < 0:
             raise ClockError("advance must be zero or more seconds")

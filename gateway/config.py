@@ -377,9 +377,10 @@ class Config:
     def list_set(self, name: ListName) -> ListSet:
         return self.blacklist if name == "blacklist" else self.whitelist
 
-    def to_doc(self) -> dict[str, Any]:
-        """The whole document, as `GET /v1/admin/config` shows it (the admin token left out)."""
-        settings = msgspec.structs.replace(self.settings, admin_token=None)
+    def to_doc(self, secrets: bool = False) -> dict[str, Any]:
+        """The whole document: as `GET /v1/admin/config` shows it (the admin token left out), or with
+        `secrets` for snapshots and the journal."""
+        settings = self.settings if secrets else msgspec.structs.replace(self.settings, admin_token=None)
         doc: dict[str, Any] = {"settings": msgspec.to_builtins(settings)}
         for name in SECTIONS:
             doc[name] = [msgspec.to_builtins(e) for e in self.section(name).values()]

@@ -11,7 +11,7 @@ journal's replay drives exactly the same code.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -43,6 +43,10 @@ class RecordSink(Protocol):
 
     async def commit(self) -> None: ...
 
+    def writable(self) -> bool: ...
+
+    async def retry(self) -> bool: ...
+
 
 class NoJournal:
     def append(self, record: Record) -> None:
@@ -50,6 +54,12 @@ class NoJournal:
 
     async def commit(self) -> None:
         pass
+
+    def writable(self) -> bool:
+        return True
+
+    async def retry(self) -> bool:
+        return True
 
 
 class Coordinator:
@@ -230,6 +240,29 @@ class Coordinator:
         """An admin change (see `changes`): applied, then journaled."""
         self.config = apply_change(self.config, self.ledger, record)
         self.journal.append(record)
+
+    def replay(self, record: list[Any]) -> int:
+        """Apply one journal record exactly as the original call did; returns the record's time
+        (0 for admin changes). Raises if the record does not fit the state (a corrupt journal)."""
+        kind = record[0]
+        if kind == "check":
+            order = Order.from_record(record[1:])
+            self._hold(order)
+            return order.updated_at
+        if kind in ("confirm", "cancel", "expire"):
+            order, t = self.orders[record[1]], record[2]
+            expected = OrderState.CONFIRMED if kind == "cancel" else OrderState.HELD
+            if order.state is not expected and not (kind == "cancel" and order.state is OrderState.HELD):
+                raise ValueError(f"journal: {kind} of order {order.order_id} in state {order.state.value}")
+            {"confirm": self._confirm, "cancel": self._cancel, "expire": self._expire}[kind](order, t)
+            return int(t)
+        if kind == "claim":
+            self._claim(record[1], record[2])
+            return int(record[3])
+        if kind == "clock":
+            return int(record[1])
+        self.config = apply_change(self.config, self.ledger, tuple(record))
+        return 0
 
     # -- state transitions, shared with journal replay -------------------------------------
 

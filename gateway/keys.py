@@ -7,8 +7,17 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway.clock import Clock, ManualClock
-from gateway.coordinator import Coordinator, RecordSink
+from gateway.config import Config
+from gateway.coordinator import Coordinator
 from gateway.stats import Stats
+from snapshots.store import Store
+
+
+@dataclass(slots=True)
+class Auth:
+    """The admin token; known only after restore (it may come from the restored configuration)."""
+
+    token: str | None = None
 
 
 @dataclass(slots=True)
@@ -21,9 +30,12 @@ class Load:
 
 
 COORDINATOR = web.AppKey("coordinator", Coordinator)
-JOURNAL = web.AppKey("journal", RecordSink)
+STORE = web.AppKey("store", Store)
+SEED = web.AppKey("seed", Config)
+RELOAD = web.AppKey("reload_config", bool)
+SNAPSHOT_EVERY = web.AppKey("snapshot_every", float)
 CLOCK = web.AppKey("clock", Clock)
 MANUAL_CLOCK = web.AppKey("manual_clock", ManualClock)
-ADMIN_TOKEN = web.AppKey("admin_token", str)
+AUTH = web.AppKey("auth", Auth)
 LOAD = web.AppKey("load", Load)
 STATS = web.AppKey("stats", Stats)

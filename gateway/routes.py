@@ -11,7 +11,7 @@ import time
 from aiohttp import web
 
 from gateway.codec import decode, digest, respond
-from gateway.keys import COORDINATOR, JOURNAL, STATS
+from gateway.keys import COORDINATOR, STATS
 from gateway.schema import CheckRequest, ClaimRequest
 
 routes = web.RouteTableDef()
@@ -22,7 +22,7 @@ async def check(request: web.Request) -> web.Response:
     start = time.perf_counter()
     req = await decode(request, CheckRequest)
     response = request.app[COORDINATOR].check(req, digest(req))
-    await request.app[JOURNAL].commit()
+    await request.app[COORDINATOR].journal.commit()
     request.app[STATS].observe_check(response, time.perf_counter() - start)
     return respond(request, response)
 
@@ -30,14 +30,14 @@ async def check(request: web.Request) -> web.Response:
 @routes.post("/v1/orders/{order_id}/confirm")
 async def confirm(request: web.Request) -> web.Response:
     view = request.app[COORDINATOR].confirm(request.match_info["order_id"])
-    await request.app[JOURNAL].commit()
+    await request.app[COORDINATOR].journal.commit()
     return respond(request, view)
 
 
 @routes.post("/v1/orders/{order_id}/cancel")
 async def cancel(request: web.Request) -> web.Response:
     view = request.app[COORDINATOR].cancel(request.match_info["order_id"])
-    await request.app[JOURNAL].commit()
+    await request.app[COORDINATOR].journal.commit()
     return respond(request, view)
 
 
@@ -46,7 +46,7 @@ async def get_order(request: web.Request) -> web.Response:
     coordinator = request.app[COORDINATOR]
     coordinator.expire_due(coordinator.clock.now())
     view = coordinator.view(coordinator.order(request.match_info["order_id"]))
-    await request.app[JOURNAL].commit()  # an expiry just recorded is durable before it is shown
+    await request.app[COORDINATOR].journal.commit()  # an expiry just recorded is durable before it is shown
     return respond(request, view)
 
 
@@ -54,7 +54,7 @@ async def get_order(request: web.Request) -> web.Response:
 async def claim_check(request: web.Request) -> web.Response:
     req = await decode(request, ClaimRequest)
     response = request.app[COORDINATOR].claim(req)
-    await request.app[JOURNAL].commit()
+    await request.app[COORDINATOR].journal.commit()
     return respond(request, response)
 
 

@@ -1,0 +1,303 @@
+"""The journal: every acknowledged state change, appended and made durable before the answer.
+
+Records are msgpack arrays `[lsn, kind, ...]` in frames `u32 length | u32 crc32 | payload`, in
+segment files `journal-<first lsn>.log` that each start with a magic. The coordinator `append`s
+records inside its synchronous step; the HTTP layer awaits `commit()` before it answers.
+
+Fsync modes:
+- `always`: each commit writes and fsyncs inline, one request at a time. Loses nothing.
+- `batch` (default): group commit. One flush at a time runs in a writer thread; every record
+  appended while it runs joins the next flush, so concurrent requests share an fsync. Loses nothing.
+- `off`: each commit write()s to the OS without fsync. Survives a crash of the process
+  (kill -9), but a power loss or kernel crash may lose the last seconds of acknowledged changes.
+
+A failed write or fsync (disk full, I/O error) puts the journal in a failed state: the file is cut
+back to its last good length, the pending records stay buffered, `commit` raises `DiskError`,
+and `writable()` is false until a retry succeeds. Nothing unpersisted is ever acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import msgpack
+
+from gateway.types import Record
+
+log = logging.getLogger("flashguard.journal")
+
+MAGIC = b"FGJRNL\x00\x01"
+FRAME = struct.Struct("<II")
+MAX_RECORD = 64 * 1024 * 1024
+FsyncMode = Literal["always", "batch", "off"]
+
+
+class DiskError(OSError):
+    """The journal could not persist; the change was not acknowledged."""
+
+
+class JournalCorrupt(Exception):
+    """A record in the middle of the journal is unreadable: no consistent state can be rebuilt."""
+
+
+def segment_path(directory: Path, first_lsn: int) -> Path:
+    return directory / f"journal-{first_lsn:016d}.log"
+
+
+def segments(directory: Path) -> list[tuple[int, Path]]:
+    """Segment files by their first LSN, oldest first."""
+    out = []
+    for p in directory.glob("journal-*.log"):
+        try:
+            out.append((int(p.stem.split("-", 1)[1]), p))
+        except ValueError:
+            continue
+    return sorted(out)
+
+
+def encode(lsn: int, record: Record) -> bytes:
+    payload = msgpack.packb([lsn, *record], use_bin_type=True)
+    return FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Journal:
+    def __init__(self, directory: Path, next_lsn: int, mode: FsyncMode = "batch") -> None:
+        self.directory = directory
+        self.mode = mode
+        self.lsn = next_lsn - 1  # last appended
+        self.durable = self.lsn  # last known persisted (in the OS for `off`, on disk otherwise)
+        self._pending = bytearray()
+        self._pending_lsn = self.lsn
+        self._flushing: asyncio.Future[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flashguard-journal")
+        self.error: OSError | None = None
+        self.fsyncs = 0
+        self._fd = -1
+        self._size = 0
+        self._open_segment(next_lsn)
+
+    def _open_segment(self, first_lsn: int) -> None:
+        path = segment_path(self.directory, first_lsn)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        size = os.fstat(fd).st_size
+        if size == 0:
+            os.write(fd, MAGIC)
+            os.fsync(fd)
+            fsync_dir(self.directory)
+            size = len(MAGIC)
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self._size = fd, size
+
+    # -- the coordinator's side: synchronous ---------------------------------------------
+
+    def append(self, record: Record) -> None:
+        self.lsn += 1
+        self._pending += encode(self.lsn, record)
+        self._pending_lsn = self.lsn
+
+    def writable(self) -> bool:
+        return self.error is None
+
+    # -- the HTTP layer's side: await durability -----------------------------------------
+
+    async def commit(self) -> None:
+        """Return once every record appended so far is persisted (per the mode), or raise DiskError."""
+        target = self.lsn
+        while self.durable < target:
+            if self.mode == "always":
+                self._flush_now(fsync=True)
+            elif self.mode == "off":
+                self._flush_now(fsync=False)
+            else:
+                if self._flushing is None:
+                    self._flushing = asyncio.ensure_future(self._flush_batch())
+                await asyncio.shield(self._flushing)
+            if self.error is not None and self.durable < target:
+                raise DiskError(f"journal write failed: {self.error}")
+
+    def _take(self) -> tuple[bytes, int]:
+        data, upto = bytes(self._pending), self._pending_lsn
+        self._pending.clear()
+        return data, upto
+
+    def _flush_now(self, fsync: bool) -> None:
+        data, upto = self._take()
+        try:
+            self._write(data, fsync)
+        except OSError as e:
+            self._failed(data, e)
+            return
+        self._done(upto, len(data))
+
+    async def _flush_batch(self) -> None:
+        data, upto = self._take()
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._write, data, True)
+        except OSError as e:
+            self._failed(data, e)
+        else:
+            self._done(upto, len(data))
+        finally:
+            self._flushing = None
+
+    def _write(self, data: bytes, fsync: bool) -> None:
+        """Runs in the writer thread for `batch`: plain file I/O, no shared Python state."""
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        if fsync:
+            os.fsync(self._fd)
+
+    def _done(self, upto: int, written: int) -> None:
+        self._size += written
+        self.durable = max(self.durable, upto)
+        self.fsyncs += 1
+        if self.error is not None:
+            log.warning("journal writes succeed again")
+        self.error = None
+
+    def _failed(self, data: bytes, error: OSError) -> None:
+        """Cut a torn write back off, keep the records pending, and refuse until a retry succeeds."""
+        if self.error is None:
+            log.error("journal write failed, answering 503 to changes until it recovers: %s", error)
+        self.error = error
+        self._pending[:0] = data
+        try:
+            os.ftruncate(self._fd, self._size)
+        except OSError:
+            pass
+        else:
+            return
+        try:  # the segment cannot even be cut back: continue in a fresh one
+            self._open_segment(self.durable + 1)
+        except OSError:
+            pass
+
+    async def retry(self) -> bool:
+        """Try to flush what a failure left pending; True when the journal is writable again."""
+        if self.error is None:
+            return True
+        if self._flushing is None:
+            self._flushing = asyncio.ensure_future(self._flush_batch())
+        await asyncio.shield(self._flushing)
+        return self.error is None
+
+    async def rotate(self) -> int:
+        """Persist everything, then start a new segment after the last appended record; returns
+        that record's lsn (what a snapshot taken now covers). Raises DiskError if it cannot."""
+        await self.commit()
+        if self.mode == "off":
+            os.fsync(self._fd)
+        self._open_segment(self.lsn + 1)
+        return self.lsn
+
+    async def close(self) -> None:
+        try:
+            await self.commit()
+        except DiskError:
+            log.error("journal closed with %d unpersisted bytes", len(self._pending))
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._executor.shutdown(wait=True)
+
+
+@dataclass(slots=True)
+class Replay:
+    records: list[list[Any]]
+    last_lsn: int
+    torn: str | None = None  # what was dropped at the tail, if anything
+    torn_file: Path | None = None
+    torn_offset: int = 0  # where the good part of torn_file ends
+
+    def cut_torn_tail(self) -> None:
+        """Truncate the torn record away, so that later segments never follow a bad frame."""
+        if self.torn_file is not None:
+            with open(self.torn_file, "r+b") as f:
+                f.truncate(self.torn_offset)
+                f.flush()
+                os.fsync(f.fileno())
+
+
+def read(directory: Path, after_lsn: int) -> Replay:
+    """Every record with lsn > after_lsn, in order. A torn last record is dropped and reported; any
+    other damage (a bad record followed by good ones, a gap in LSNs) raises JournalCorrupt."""
+    files = segments(directory)
+    out = Replay([], after_lsn)
+    for index, (first, path) in enumerate(files):
+        is_last = index == len(files) - 1
+        following = files[index + 1][0] if not is_last else None
+        if following is not None and following <= after_lsn + 1:
+            continue  # wholly covered by the snapshot
+        data = path.read_bytes()
+        for lsn, payload, end, problem in _frames(data, path):
+            if problem is not None:
+                if not is_last:
+                    raise JournalCorrupt(problem)
+                out.torn, out.torn_file, out.torn_offset = problem, path, end
+                break
+            if lsn <= after_lsn:
+                continue
+            if lsn != out.last_lsn + 1:
+                raise JournalCorrupt(f"{path.name}: record {lsn} follows {out.last_lsn}: records are missing")
+            out.records.append(payload)
+            out.last_lsn = lsn
+    return out
+
+
+def _frames(data: bytes, path: Path) -> Iterator[tuple[int, list[Any], int, str | None]]:
+    """(lsn, record, end of the good data, problem) per frame; a problem ends the segment."""
+    if len(data) < len(MAGIC):
+        yield 0, [], 0, f"{path.name}: the segment header is torn ({len(data)} bytes)"
+        return
+    if data[: len(MAGIC)] != MAGIC:
+        raise JournalCorrupt(f"{path.name}: not a flashguard journal (bad magic)")
+    pos = len(MAGIC)
+    while pos < len(data):
+        if pos + FRAME.size > len(data):
+            yield 0, [], pos, f"{path.name}: a torn frame header at byte {pos}"
+            return
+        length, crc = FRAME.unpack_from(data, pos)
+        end = pos + FRAME.size + length
+        if length > MAX_RECORD or end > len(data):
+            yield 0, [], pos, f"{path.name}: a torn record at byte {pos}"
+            return
+        payload = data[pos + FRAME.size : end]
+        problem = None
+        record: Any = None
+        if zlib.crc32(payload) != crc:
+            problem = f"{path.name}: a record with a bad checksum at byte {pos}"
+        else:
+            try:
+                record = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+            except Exception:
+                problem = f"{path.name}: an undecodable record at byte {pos}"
+            else:
+                if not isinstance(record, list) or len(record) < 2 or type(record[0]) is not int:
+                    problem = f"{path.name}: a malformed record at byte {pos}"
+        if problem is not None:
+            if end < len(data):
+                raise JournalCorrupt(problem + ", followed by more records")
+            yield 0, [], pos, problem
+            return
+        yield record[0], record[1:], end, None
+        pos = end

@@ -1,0 +1,107 @@
+"""Snapshot files: the whole state as msgpack, behind a header that makes damage detectable.
+
+Layout: `MAGIC (8) | version u16 | reserved u16 | lsn u64 | body length u64 | blake2b-128 of
+body (16)` then the body. A file is written to a temporary name, fsynced, renamed, and the
+directory fsynced, so a crash leaves either the old set of snapshots or the new one, never half a
+file under a snapshot's name. The last `KEEP` snapshots are kept, so a damaged newest one can
+be skipped for the one before it (with the journal since then).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from snapshots.journal import fsync_dir
+
+MAGIC = b"FGSNAP\x00\x01"
+VERSION = 1
+HEADER = struct.Struct("<8sHHQQ16s")
+KEEP = 3
+MAX_BODY = 16 * 1024**3
+
+
+class SnapshotCorrupt(Exception):
+    """A snapshot file that cannot be trusted; the loader falls back to an older one."""
+
+
+def snapshot_path(directory: Path, lsn: int) -> Path:
+    return directory / f"snapshot-{lsn:016d}.fgs"
+
+
+def snapshots(directory: Path) -> list[tuple[int, Path]]:
+    """Snapshot files by the journal position they cover, newest first."""
+    out = []
+    for p in directory.glob("snapshot-*.fgs"):
+        try:
+            out.append((int(p.stem.split("-", 1)[1]), p))
+        except ValueError:
+            continue
+    return sorted(out, reverse=True)
+
+
+def write(directory: Path, lsn: int, state: Any) -> Path:
+    """Write a snapshot atomically and durably; returns its path. Raises OSError on failure, having
+    removed its temporary file, so the snapshots already there stay as they were."""
+    body = msgpack.packb(state, use_bin_type=True)
+    header = HEADER.pack(MAGIC, VERSION, 0, lsn, len(body), hashlib.blake2b(body, digest_size=16).digest())
+    final = snapshot_path(directory, lsn)
+    tmp = final.with_suffix(".tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            for chunk in (header, body):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+        fsync_dir(directory)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return final
+
+
+def read(path: Path) -> tuple[int, Any]:
+    """(lsn, state) of a snapshot file, or SnapshotCorrupt saying what is wrong with it."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise SnapshotCorrupt(f"{path.name}: unreadable: {e.strerror}") from None
+    if len(data) < HEADER.size:
+        raise SnapshotCorrupt(f"{path.name}: truncated header ({len(data)} bytes)")
+    magic, version, _, lsn, length, digest = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise SnapshotCorrupt(f"{path.name}: not a flashguard snapshot (bad magic)")
+    if version != VERSION:
+        raise SnapshotCorrupt(f"{path.name}: format version {version}, this build reads {VERSION}")
+    if length > MAX_BODY or HEADER.size + length != len(data):
+        raise SnapshotCorrupt(f"{path.name}: body length {length} does not match the file ({len(data) - HEADER.size})")
+    body = memoryview(data)[HEADER.size :]
+    if hashlib.blake2b(body, digest_size=16).digest() != digest:
+        raise SnapshotCorrupt(f"{path.name}: checksum mismatch")
+    try:
+        state = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
+    except Exception as e:
+        raise SnapshotCorrupt(f"{path.name}: undecodable body: {type(e).__name__}") from None
+    return lsn, state
+
+
+def prune(directory: Path, keep: int = KEEP) -> int | None:
+    """Remove all but the newest `keep` snapshots (and stray temporaries); returns the lsn of the
+    oldest one kept, below which the journal is no longer needed."""
+    for tmp in directory.glob("snapshot-*.tmp"):
+        tmp.unlink(missing_ok=True)
+    found = snapshots(directory)
+    for _, path in found[keep:]:
+        path.unlink(missing_ok=True)
+    kept = found[:keep]
+    return kept[-1][0] if kept else None

@@ -1,0 +1,198 @@
+"""The data directory: restore at start, snapshots while serving, the final snapshot at stop.
+
+Restore takes the newest snapshot that verifies (falling back to older ones, each reported) and
+replays the journal after it. A torn last journal record is dropped and reported. If no
+consistent state can be rebuilt (damage in the middle of the journal, or every snapshot damaged
+and the journal no longer reaching back) the server refuses to start: it never starts on
+silently wrong or empty state.
+
+Snapshots while serving are written by a forked child, as Redis does: the child has a frozen
+copy of the state (copy-on-write), so the event loop pauses only for the fork itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.clock import ManualClock
+from gateway.config import Config
+from gateway.coordinator import Coordinator
+from snapshots import journal as journal_files
+from snapshots import snapshot as snapshot_files
+from snapshots.journal import FsyncMode, Journal, JournalCorrupt
+from snapshots.snapshot import SnapshotCorrupt
+from snapshots.state import StateInvalid, dump, load
+
+log = logging.getLogger("flashguard.store")
+
+
+class RestoreError(RuntimeError):
+    """No consistent state can be rebuilt from the data directory."""
+
+
+class SnapshotFailed(RuntimeError):
+    pass
+
+
+@dataclass(slots=True)
+class RestoreReport:
+    snapshot: Path | None = None
+    replayed: int = 0
+    damaged: list[str] = field(default_factory=list)
+    torn: str | None = None
+    seeded: bool = False
+
+
+@dataclass(slots=True)
+class SnapshotStats:
+    taken: int = 0
+    failed: int = 0
+    last_path: Path | None = None
+    last_seconds: float = 0.0
+    last_fork_pause: float = 0.0
+
+
+class Store:
+    def __init__(self, directory: Path, fsync: FsyncMode = "batch") -> None:
+        self.directory = directory
+        self.fsync: FsyncMode = fsync
+        self.journal: Journal | None = None
+        self.stats = SnapshotStats()
+        self._lock = asyncio.Lock()
+
+    def restore(self, coordinator: Coordinator, seed: Config, reload_config: bool = False) -> RestoreReport:
+        """Bring `coordinator` to the state the data directory holds (or seed it), and open the journal."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        report = RestoreReport()
+        base_lsn = 0
+        now = 0
+        for lsn, path in snapshot_files.snapshots(self.directory):
+            try:
+                _, state = snapshot_files.read(path)
+                config, ledger, orders, now = load(state)
+            except (SnapshotCorrupt, StateInvalid) as e:
+                log.error("snapshot %s is damaged (%s); trying the one before it", path.name, e)
+                report.damaged.append(f"{path.name}: {e}")
+                continue
+            coordinator.config, coordinator.ledger, coordinator.orders = config, ledger, orders
+            report.snapshot, base_lsn = path, lsn
+            break
+        try:
+            replay = journal_files.read(self.directory, base_lsn)
+        except JournalCorrupt as e:
+            raise RestoreError(f"the journal in {self.directory} is damaged: {e}; refusing to start") from None
+        if report.damaged and report.snapshot is None and base_lsn == 0 and not replay.records:
+            raise RestoreError(
+                f"every snapshot in {self.directory} is damaged and no journal reaches back to the start; "
+                "refusing to start on empty state: " + "; ".join(report.damaged)
+            )
+        try:
+            for record in replay.records:
+                now = max(now, coordinator.replay(record))
+        except Exception as e:
+            raise RestoreError(f"the journal does not replay onto the snapshot ({type(e).__name__}: {e}); refusing to start") from None
+        report.replayed = len(replay.records)
+        if replay.torn is not None:
+            report.torn = replay.torn
+            log.warning("dropped a torn journal tail: %s", replay.torn)
+            replay.cut_torn_tail()
+        if isinstance(coordinator.clock, ManualClock) and now:
+            coordinator.clock.restore(now)
+        self.journal = Journal(self.directory, replay.last_lsn + 1, self.fsync)
+        coordinator.journal = self.journal
+        has_state = report.snapshot is not None or replay.last_lsn > 0
+        if not has_state:
+            coordinator.change(("config", seed.to_doc(secrets=True)))
+            report.seeded = True
+        elif reload_config:
+            coordinator.change(("config", seed.to_doc(secrets=True)))
+            log.info("applied the --config file over the restored configuration (--reload-config)")
+        else:
+            log.info("the restored configuration stands; the start-up configuration was not applied (--reload-config applies it)")
+        coordinator.expire_due(coordinator.clock.now())  # holds that ran out while the server was down
+        return report
+
+    async def snapshot(self, coordinator: Coordinator) -> Path:
+        """Write a snapshot from a forked child while the loop keeps serving; returns its path."""
+        journal = self._journal()
+        async with self._lock:
+            start = time.perf_counter()
+            lsn = await journal.rotate()
+            fork_start = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # fork with a writer thread: the child only writes a file
+                pid = os.fork()
+            if pid == 0:  # the child: a frozen copy of the state; write it and leave at once
+                code = 1
+                try:
+                    snapshot_files.write(self.directory, lsn, self._dump(coordinator, lsn))
+                    code = 0
+                except BaseException as e:  # report, never return into the parent's event loop
+                    os.write(2, f"snapshot failed: {e!r}\n".encode())
+                finally:
+                    os._exit(code)
+            self.stats.last_fork_pause = time.perf_counter() - fork_start
+            _, status = await asyncio.get_running_loop().run_in_executor(None, os.waitpid, pid, 0)
+            if os.waitstatus_to_exitcode(status) != 0:
+                self.stats.failed += 1
+                raise SnapshotFailed(f"the snapshot child failed (status {status}); older snapshots are intact")
+            path = snapshot_files.snapshot_path(self.directory, lsn)
+            self._retire(path, time.perf_counter() - start)
+            return path
+
+    def snapshot_in_process(self, coordinator: Coordinator) -> Path:
+        """The final snapshot at shutdown: nothing else runs, so no fork is needed."""
+        journal = self._journal()
+        lsn = journal.lsn
+        path = snapshot_files.write(self.directory, lsn, self._dump(coordinator, lsn))
+        self._retire(path, 0.0)
+        return path
+
+    def _dump(self, coordinator: Coordinator, lsn: int) -> dict[str, object]:
+        return dump(coordinator.config, coordinator.ledger, coordinator.orders, coordinator.clock.now(), lsn)
+
+    def _retire(self, path: Path, seconds: float) -> None:
+        """Record a snapshot taken; drop old snapshots and the journal segments none of the kept ones need."""
+        self.stats.taken += 1
+        self.stats.last_path, self.stats.last_seconds = path, seconds
+        oldest = snapshot_files.prune(self.directory)
+        if oldest is None:
+            return
+        files = journal_files.segments(self.directory)
+        for (first, seg), (next_first, _) in zip(files, files[1:]):
+            if next_first - 1 <= oldest:
+                seg.unlink(missing_ok=True)
+
+    async def periodic(self, coordinator: Coordinator, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                path = await self.snapshot(coordinator)
+                log.info("snapshot %s written", path.name)
+            except (SnapshotFailed, OSError) as e:
+                log.error("periodic snapshot failed: %s", e)
+
+    async def close(self, coordinator: Coordinator) -> Path | None:
+        """Final snapshot and journal close; a failure is logged, the journal still holds everything."""
+        journal = self._journal()
+        path = None
+        async with self._lock:
+            try:
+                await journal.commit()
+                path = self.snapshot_in_process(coordinator)
+                log.info("final snapshot %s written", path.name)
+            except OSError as e:
+                log.error("final snapshot failed (%s); the journal holds every change", e)
+            await journal.close()
+        return path
+
+    def _journal(self) -> Journal:
+        if self.journal is None:
+            raise RuntimeError("the store was not restored")
+        return self.journal
