@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 
-class ActivityActor(msgspec.Struct, gc=False):
+class ActivityActor(msgspec.Struct, gc=False, array_like=True):
     held: int = 0
     spent: int = 0
 

@@ -46,10 +46,14 @@ class Ledger:
 
     def hold(self, t: int, fp: Footprint) -> None:
         subjects = self.subjects
-        for skey, counter, qty in fp.counts:  # the hot loop of every allowed order: kept inline
-            actor = subjects.get(skey) or self.subject(skey)
-            counts = actor.counts
-            counts[counter] = counts.get(counter, 0) + qty
+        for skey in fp.subjects:  # the hot loop of every allowed order: kept inline
+            counts = (subjects.get(skey) or self.subject(skey)).counts
+            for counter, qty in fp.shared:
+                counts[counter] = counts.get(counter, 0) + qty
+        if fp.user:
+            counts = self.subject(fp.subjects[0]).counts
+            for counter, qty in fp.user:
+                counts[counter] = counts.get(counter, 0) + qty
         for skey, wkey, seconds, qty in fp.windows:
             if (subjects.get(skey) or self.subject(skey)).window_add(wkey, seconds, t, qty):
                 self.schedule_sweep(skey, t + seconds)  # an older window's expiry is scheduled already
@@ -58,7 +62,9 @@ class Ledger:
         for sku_id, qty in fp.units:
             self.sku(sku_id).held += qty
 
-    def confirm(self, user_key: SubjectKey, fp: Footprint) -> None:
+    def confirm(self, user_key: SubjectKey, fp: Footprint) -> int:
+        """Move budget and units from held to spent and add to the user's totals; returns the
+        user's pardon count, which the order keeps (see `unconfirm_totals`)."""
         for activity_id, amount in fp.budget:
             actor = self.activity(activity_id)
             actor.held -= amount
@@ -70,33 +76,48 @@ class Ledger:
         user = self.subject(user_key)
         user.discount_total += fp.discount
         user.margin_total += fp.margin
+        return user.pardons
 
-    def release(self, t: int, user_key: SubjectKey, fp: Footprint, confirmed: bool) -> None:
-        """Give an order's quotas back: a hold that ended, or a confirmed order cancelled."""
-        for skey, counter, qty in fp.counts:
+    def release(self, t: int, user_key: SubjectKey, fp: Footprint, confirmed: int | None) -> None:
+        """Give an order's quotas back: a hold that ended (`confirmed` None), or a confirmed order
+        cancelled (`confirmed` is its pardon count). Subjects left with nothing are dropped."""
+        for skey, counter, qty in fp.increments():
             self.subject(skey).add(counter, -qty)
         for skey, wkey, _, qty in fp.windows:
             self.subject(skey).window_remove(wkey, t, qty)
         for activity_id, amount in fp.budget:
             actor = self.activity(activity_id)
-            if confirmed:
+            if confirmed is not None:
                 actor.spent -= amount
             else:
                 actor.held -= amount
         for sku_id, qty in fp.units:
             actor_ = self.sku(sku_id)
-            if confirmed:
+            if confirmed is not None:
                 actor_.confirmed -= qty
             else:
                 actor_.held -= qty
-        if confirmed:
-            self.unconfirm_totals(user_key, fp)
+        if confirmed is not None:
+            self.unconfirm_totals(user_key, fp, confirmed)
+        for skey in {*fp.subjects, *(w[0] for w in fp.windows)}:
+            subject = self.subjects.get(skey)
+            if subject is not None and subject.is_empty():
+                del self.subjects[skey]
 
-    def unconfirm_totals(self, user_key: SubjectKey, fp: Footprint) -> None:
-        """Take a cancelled confirmed order's amounts out of its user's auto-blacklist totals."""
+    def unconfirm_totals(self, user_key: SubjectKey, fp: Footprint, pardons: int) -> None:
+        """Take a cancelled confirmed order's amounts out of its user's auto-blacklist totals,
+        unless the user was pardoned since it was confirmed (the pardon already zeroed them)."""
         user = self.subject(user_key)
-        user.discount_total -= fp.discount
-        user.margin_total -= fp.margin
+        if user.pardons == pardons:
+            user.discount_total -= fp.discount
+            user.margin_total -= fp.margin
+
+    def pardon(self, user_key: SubjectKey) -> None:
+        """Zero a user's auto-blacklist totals: an operator took them off the blacklist."""
+        user = self.subjects.get(user_key)
+        if user is not None:
+            user.discount_total = user.margin_total = 0
+            user.pardons += 1
 
     def claim(self, user_key: SubjectKey, coupon_id: str) -> None:
         self.subject(user_key).add(key("coupon", coupon_id), 1)

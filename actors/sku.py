@@ -5,6 +5,6 @@ from __future__ import annotations
 import msgspec
 
 
-class SkuActor(msgspec.Struct, gc=False):
+class SkuActor(msgspec.Struct, gc=False, array_like=True):
     held: int = 0
     confirmed: int = 0

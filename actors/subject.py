@@ -14,15 +14,17 @@ from actors.window import Window
 from gateway.types import CounterKey, WindowKey
 
 
-class SubjectActor(msgspec.Struct, gc=False):
+class SubjectActor(msgspec.Struct, gc=False, array_like=True):
     """`gc=False`: an actor holds only strings, ints and windows, never a cycle, and there are
     millions of them; keeping them out of the collector's scans halves the cost of a check."""
 
     counts: dict[CounterKey, int] = msgspec.field(default_factory=dict)
     windows: dict[WindowKey, Window] = msgspec.field(default_factory=dict)
-    # Auto-blacklist totals over confirmed orders (users only).
+    # Auto-blacklist totals over confirmed orders (users only), and how many times an operator
+    # pardoned the user (zeroed the totals): orders confirmed before a pardon no longer count.
     discount_total: int = 0
     margin_total: int = 0
+    pardons: int = 0
 
     def used(self, counter: CounterKey) -> int:
         return self.counts.get(counter, 0)
@@ -68,4 +70,4 @@ class SubjectActor(msgspec.Struct, gc=False):
         return soonest
 
     def is_empty(self) -> bool:
-        return not self.counts and not self.windows and not self.discount_total and not self.margin_total
+        return not (self.counts or self.windows or self.discount_total or self.margin_total or self.pardons)

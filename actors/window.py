@@ -24,18 +24,20 @@ SMALL = 32
 Bucket = tuple[int, int]
 
 
-class Window(msgspec.Struct, gc=False):
+class Window(msgspec.Struct, gc=False, array_like=True):
     seconds: int
-    buckets: tuple[Bucket, ...] | SortedDict = ()
+    # A SortedDict when big (a dict subclass: it is stored as a msgpack map, see snapshots.state).
+    buckets: tuple[Bucket, ...] | dict[int, int] = ()
     total: int = 0
 
     def prune(self, now: int) -> None:
         """Drop buckets that have left the window; this is also what keeps memory bounded."""
         buckets = self.buckets
         horizon = now - self.seconds
-        if isinstance(buckets, SortedDict):
-            while buckets and buckets.peekitem(0)[0] <= horizon:
-                self.total -= buckets.popitem(0)[1]
+        if isinstance(buckets, dict):
+            big: SortedDict = buckets
+            while big and big.peekitem(0)[0] <= horizon:
+                self.total -= big.popitem(0)[1]
             return
         k = 0
         while k < len(buckets) and buckets[k][0] <= horizon:
@@ -51,7 +53,7 @@ class Window(msgspec.Struct, gc=False):
     def add(self, t: int, quantity: int) -> None:
         self.total += quantity
         buckets = self.buckets
-        if isinstance(buckets, SortedDict):
+        if isinstance(buckets, dict):
             buckets[t] = buckets.get(t, 0) + quantity
             return
         if buckets and buckets[-1][0] == t:  # the usual case: another order in the same second
@@ -68,7 +70,7 @@ class Window(msgspec.Struct, gc=False):
     def remove(self, t: int, quantity: int) -> None:
         """Take an order's quantity out of its second, if that second is still inside the window."""
         buckets = self.buckets
-        if isinstance(buckets, SortedDict):
+        if isinstance(buckets, dict):
             left = buckets.get(t)
             if left is None:
                 return  # already pruned: it had left the window
@@ -85,10 +87,16 @@ class Window(msgspec.Struct, gc=False):
             self.buckets = buckets[:i] + (((t, left),) if left > 0 else ()) + rest
         self.total -= quantity
 
+    def recount(self) -> int:
+        """The total from the buckets themselves (a snapshot's total is checked against it)."""
+        buckets = self.buckets
+        return sum(buckets.values()) if isinstance(buckets, dict) else sum(q for _, q in buckets)
+
     def next_expiry(self) -> int | None:
         """When the oldest bucket leaves, so the sweeper can come back then."""
         buckets = self.buckets
         if not buckets:
             return None
-        first = buckets.peekitem(0)[0] if isinstance(buckets, SortedDict) else buckets[0][0]
+        big: SortedDict = buckets
+        first = big.peekitem(0)[0] if isinstance(buckets, dict) else buckets[0][0]
         return first + self.seconds

@@ -80,7 +80,7 @@ class Scenario:
         weights = [1 / (k + 1) for k in range(self.skus)]
         out = []
         for k in range(n):
-            ring = rnd.random() < 0.2
+            ring = self.rings > 0 and rnd.random() < 0.2
             if ring:
                 r = rnd.randrange(self.rings)
                 user = f"ring{r}-{rnd.randrange(self.ring_size)}"

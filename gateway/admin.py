@@ -16,7 +16,7 @@ from gateway.changes import validate_entry
 from gateway.subjects import auto_blacklisted
 from gateway.clock import ClockError
 from gateway.codec import decode, parse, respond
-from gateway.config import LIST_KINDS, SECTIONS, ConfigError, Settings, build_config, convert_entry, normalize_list_value
+from gateway.config import LIST_KINDS, LIST_VALUE, SECTIONS, ConfigError, Settings, build_config, convert_entry, normalize_list_value
 from gateway.errors import BadRequest, Conflict, NotFound, Unavailable
 from gateway.keys import COORDINATOR, MANUAL_CLOCK, STORE
 from gateway.schema import ClockRequest
@@ -84,7 +84,11 @@ async def get_lists(request: web.Request) -> web.Response:
 @routes.put(_LIST_PATTERN)
 async def put_list_entry(request: web.Request) -> web.Response:
     name, kind, value = request.match_info["name"], request.match_info["kind"], request.match_info["value"]
-    if not normalize_list_value(kind, value) or len(value) > 512:  # type: ignore[arg-type]
+    try:
+        msgspec.convert(value, LIST_VALUE[kind])
+    except msgspec.ValidationError as e:
+        raise BadRequest("invalid_value", f"{value!r} is not a valid {kind} entry: {e}") from None
+    if not normalize_list_value(kind, value):  # type: ignore[arg-type]
         raise BadRequest("invalid_value", f"{value!r} is not a usable {kind} entry")
     await _change(request, ("list", name, kind, value, True))
     return respond(request, {"list": name, "kind": kind, "value": value, "present": True})

@@ -59,9 +59,7 @@ def apply_change(cfg: Config, ledger: Ledger, record: Record) -> Config:
         else:
             lists.remove(_list_kind(kind), value)
             if name == "blacklist" and kind == "user":
-                user = ledger.subjects.get(key("user", value))
-                if user is not None:
-                    user.discount_total = user.margin_total = 0
+                ledger.pardon(key("user", value))
     else:
         raise ValueError(f"unknown admin record {op!r}")
     return cfg

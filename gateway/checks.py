@@ -26,9 +26,6 @@ _ACTSKU = "actsku" + SEP
 _SKU = "sku" + SEP
 _SPU = "spu" + SEP
 
-Counts = list[tuple[SubjectKey, CounterKey, int]]
-
-
 @dataclass(slots=True)
 class Evaluation:
     reasons: list[Reason] = field(default_factory=list)
@@ -176,8 +173,7 @@ def _product_limits(
     entries: Mapping[str, Sku | Spu],
     prefix: str,
     reasons: list[Reason],
-    counts: Counts,
-    present: list[SubjectKey],
+    shared: list[tuple[CounterKey, int]],
 ) -> None:
     """SKU_LIMIT / SPU_LIMIT per subject. Every present subject counts the order either way, so a
     limit added mid-sale already knows what each buyer has bought."""
@@ -196,8 +192,7 @@ def _product_limits(
                     where = {"sku_id": ident} if is_sku else {"spu_id": ident}
                     code = Code.SKU_LIMIT if is_sku else Code.SPU_LIMIT
                     reasons.append(reason(code, subject=subject.value, limit=limit, used=used, requested=q, **where))
-        for skey in present:
-            counts.append((skey, counter, q))
+        shared.append((counter, q))
 
 
 def _risk_rules(
@@ -239,18 +234,22 @@ def evaluate(
     ev.reasons.extend(blacklist_reasons(cfg, ledger, subj))
     failed_activities = _activities(cfg, ledger, user, t, ev, now)
 
-    counts: Counts = []
-    present = [subj.keys[s] for s in LIMIT_SUBJECTS if s in subj.keys]
-    _product_limits(subj, subjects, t.sku_qty, cfg.skus, _SKU, ev.reasons, counts, present)
-    _product_limits(subj, subjects, t.spu_qty, cfg.spus, _SPU, ev.reasons, counts, present)
-    for aid, q in t.act_qty.items():
-        counts.append((user_key, _ACT + aid, q))
-    for (aid, sku_id), q in t.act_sku_qty.items():
-        counts.append((user_key, _ACTSKU + aid + SEP + sku_id, q))
+    shared: list[tuple[CounterKey, int]] = []
+    _product_limits(subj, subjects, t.sku_qty, cfg.skus, _SKU, ev.reasons, shared)
+    _product_limits(subj, subjects, t.spu_qty, cfg.spus, _SPU, ev.reasons, shared)
+    user_counts = [(_ACT + aid, q) for aid, q in t.act_qty.items()]
+    user_counts.extend((_ACTSKU + aid + SEP + sku_id, q) for (aid, sku_id), q in t.act_sku_qty.items())
     windows = _risk_rules(cfg, subj, subjects, t, ev, now) if cfg.rules else []
     # Tuples, not lists: a stored footprint of atomic tuples is invisible to the garbage collector.
     ev.footprint = Footprint(
-        tuple(counts), tuple(windows), tuple(t.act_amount.items()), tuple(t.sku_qty.items()), t.discount, t.margin
+        tuple(subj.keys[s] for s in LIMIT_SUBJECTS if s in subj.keys),  # the user first
+        tuple(shared),
+        tuple(user_counts),
+        tuple(windows),
+        tuple(t.act_amount.items()),
+        tuple(t.sku_qty.items()),
+        t.discount,
+        t.margin,
     )
 
     if cfg.whitelist.has("user", subj.user_id):

@@ -284,12 +284,18 @@ LIST_KINDS: tuple[ListKind, ...] = ("user", "device", "phone", "address", "disco
 ListName = Literal["blacklist", "whitelist"]
 
 
+AddressPath = Annotated[str, msgspec.Meta(min_length=1, max_length=512, pattern="^[^\\x00-\\x1f\\x7f]+$")]
+
+
 class ListEntries(Entry):
     user: list[Id] = msgspec.field(default_factory=list)
     device: list[Id] = msgspec.field(default_factory=list)
     phone: list[Id] = msgspec.field(default_factory=list)
-    address: list[Annotated[str, msgspec.Meta(min_length=1, max_length=512)]] = msgspec.field(default_factory=list)
+    address: list[AddressPath] = msgspec.field(default_factory=list)
     discount: list[Id] = msgspec.field(default_factory=list)
+
+
+LIST_VALUE: dict[str, Any] = {"user": Id, "device": Id, "phone": Id, "address": AddressPath, "discount": Id}
 
 
 class ListsDoc(Entry):

@@ -110,7 +110,7 @@ class Coordinator:
             updated_at=now,
         )
         self._hold(order)
-        self.journal.append(("check", *order.to_record()))
+        self.journal.append(("check", order))
         return response
 
     def _decide(
@@ -246,7 +246,7 @@ class Coordinator:
         (0 for admin changes). Raises if the record does not fit the state (a corrupt journal)."""
         kind = record[0]
         if kind == "check":
-            order = Order.from_record(record[1:])
+            order = msgspec.convert(record[1], Order)
             self._hold(order)
             return order.updated_at
         if kind in ("confirm", "cancel", "expire"):
@@ -274,7 +274,7 @@ class Coordinator:
 
     def _confirm(self, order: Order, now: int) -> None:
         assert order.footprint is not None
-        self.ledger.confirm(user_key(order.user_id), order.footprint)
+        order.pardons = self.ledger.confirm(user_key(order.user_id), order.footprint)
         order.state = OrderState.CONFIRMED
         order.updated_at = now
 
@@ -283,19 +283,19 @@ class Coordinator:
         assert fp is not None
         user = user_key(order.user_id)
         if order.state is OrderState.HELD:
-            self.ledger.release(order.created_at, user, fp, confirmed=False)
+            self.ledger.release(order.created_at, user, fp, confirmed=None)
             order.footprint = None
         elif self.config.settings.release_on_cancel:
-            self.ledger.release(order.created_at, user, fp, confirmed=True)
+            self.ledger.release(order.created_at, user, fp, confirmed=order.pardons)
             order.footprint = None
         else:
-            self.ledger.unconfirm_totals(user, fp)  # quotas stay used; the order no longer counts as farmed
+            self.ledger.unconfirm_totals(user, fp, order.pardons)  # quotas stay used; the order no longer counts as farmed
         order.state = OrderState.CANCELLED
         order.updated_at = now
 
     def _expire(self, order: Order, now: int) -> None:
         assert order.footprint is not None
-        self.ledger.release(order.created_at, user_key(order.user_id), order.footprint, confirmed=False)
+        self.ledger.release(order.created_at, user_key(order.user_id), order.footprint, confirmed=None)
         order.footprint = None
         order.state = OrderState.EXPIRED
         order.updated_at = now

@@ -1,6 +1,6 @@
 """The journal: every acknowledged state change, appended and made durable before the answer.
 
-Records are msgpack arrays `[lsn, kind, ...]` in frames `u32 length | u32 crc32 | payload`, in
+Records are msgpack arrays `[lsn, kind, ...]` (orders as their compact struct arrays) in frames `u32 length | u32 crc32 | payload`, in
 segment files `journal-<first lsn>.log` that each start with a magic. The coordinator `append`s
 records inside its synchronous step; the HTTP layer awaits `commit()` before it answers.
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import msgpack
+import msgspec
 
 from gateway.types import Record
 
@@ -64,8 +64,11 @@ def segments(directory: Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
+_encoder = msgspec.msgpack.Encoder()
+
+
 def encode(lsn: int, record: Record) -> bytes:
-    payload = msgpack.packb([lsn, *record], use_bin_type=True)
+    payload = _encoder.encode((lsn, *record))
     return FRAME.pack(len(payload), zlib.crc32(payload)) + payload
 
 
@@ -288,7 +291,7 @@ def _frames(data: bytes, path: Path) -> Iterator[tuple[int, list[Any], int, str 
             problem = f"{path.name}: a record with a bad checksum at byte {pos}"
         else:
             try:
-                record = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+                record = msgspec.msgpack.decode(payload)
             except Exception:
                 problem = f"{path.name}: an undecodable record at byte {pos}"
             else:

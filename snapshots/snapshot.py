@@ -1,4 +1,4 @@
-"""Snapshot files: the whole state as msgpack, behind a header that makes damage detectable.
+"""Snapshot files: the state's msgpack body (see `state`) behind a header that makes damage detectable.
 
 Layout: `MAGIC (8) | version u16 | reserved u16 | lsn u64 | body length u64 | blake2b-128 of
 body (16)` then the body. A file is written to a temporary name, fsynced, renamed, and the
@@ -13,10 +13,6 @@ import hashlib
 import os
 import struct
 from pathlib import Path
-from typing import Any
-
-import msgpack
-
 from snapshots.journal import fsync_dir
 
 MAGIC = b"FGSNAP\x00\x01"
@@ -45,10 +41,9 @@ def snapshots(directory: Path) -> list[tuple[int, Path]]:
     return sorted(out, reverse=True)
 
 
-def write(directory: Path, lsn: int, state: Any) -> Path:
+def write(directory: Path, lsn: int, body: bytes) -> Path:
     """Write a snapshot atomically and durably; returns its path. Raises OSError on failure, having
     removed its temporary file, so the snapshots already there stay as they were."""
-    body = msgpack.packb(state, use_bin_type=True)
     header = HEADER.pack(MAGIC, VERSION, 0, lsn, len(body), hashlib.blake2b(body, digest_size=16).digest())
     final = snapshot_path(directory, lsn)
     tmp = final.with_suffix(".tmp")
@@ -70,29 +65,27 @@ def write(directory: Path, lsn: int, state: Any) -> Path:
     return final
 
 
-def read(path: Path) -> tuple[int, Any]:
-    """(lsn, state) of a snapshot file, or SnapshotCorrupt saying what is wrong with it."""
+def read(path: Path) -> tuple[int, memoryview]:
+    """(lsn, verified body) of a snapshot file, or SnapshotCorrupt saying what is wrong with it."""
     try:
         data = path.read_bytes()
     except OSError as e:
         raise SnapshotCorrupt(f"{path.name}: unreadable: {e.strerror}") from None
     if len(data) < HEADER.size:
         raise SnapshotCorrupt(f"{path.name}: truncated header ({len(data)} bytes)")
-    magic, version, _, lsn, length, digest = HEADER.unpack_from(data)
+    magic, version, reserved, lsn, length, digest = HEADER.unpack_from(data)
     if magic != MAGIC:
         raise SnapshotCorrupt(f"{path.name}: not a flashguard snapshot (bad magic)")
-    if version != VERSION:
-        raise SnapshotCorrupt(f"{path.name}: format version {version}, this build reads {VERSION}")
+    if version != VERSION or reserved != 0:
+        raise SnapshotCorrupt(f"{path.name}: format version {version}.{reserved}, this build reads {VERSION}.0")
+    if path.name.startswith("snapshot-") and snapshot_path(path.parent, lsn) != path:
+        raise SnapshotCorrupt(f"{path.name}: the header says it covers record {lsn}, the name says otherwise")
     if length > MAX_BODY or HEADER.size + length != len(data):
         raise SnapshotCorrupt(f"{path.name}: body length {length} does not match the file ({len(data) - HEADER.size})")
     body = memoryview(data)[HEADER.size :]
     if hashlib.blake2b(body, digest_size=16).digest() != digest:
         raise SnapshotCorrupt(f"{path.name}: checksum mismatch")
-    try:
-        state = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
-    except Exception as e:
-        raise SnapshotCorrupt(f"{path.name}: undecodable body: {type(e).__name__}") from None
-    return lsn, state
+    return lsn, body
 
 
 def prune(directory: Path, keep: int = KEEP) -> int | None:

@@ -27,7 +27,7 @@ from snapshots import journal as journal_files
 from snapshots import snapshot as snapshot_files
 from snapshots.journal import FsyncMode, Journal, JournalCorrupt
 from snapshots.snapshot import SnapshotCorrupt
-from snapshots.state import StateInvalid, dump, load
+from snapshots.state import StateInvalid, decode, encode
 
 log = logging.getLogger("flashguard.store")
 
@@ -74,8 +74,8 @@ class Store:
         now = 0
         for lsn, path in snapshot_files.snapshots(self.directory):
             try:
-                _, state = snapshot_files.read(path)
-                config, ledger, orders, now = load(state)
+                _, body = snapshot_files.read(path)
+                config, ledger, orders, now = decode(body)
             except (SnapshotCorrupt, StateInvalid) as e:
                 log.error("snapshot %s is damaged (%s); trying the one before it", path.name, e)
                 report.damaged.append(f"{path.name}: {e}")
@@ -154,8 +154,8 @@ class Store:
         self._retire(path, 0.0)
         return path
 
-    def _dump(self, coordinator: Coordinator, lsn: int) -> dict[str, object]:
-        return dump(coordinator.config, coordinator.ledger, coordinator.orders, coordinator.clock.now(), lsn)
+    def _dump(self, coordinator: Coordinator, lsn: int) -> bytes:
+        return encode(coordinator.config, coordinator.ledger, coordinator.orders, coordinator.clock.now(), lsn)
 
     def _retire(self, path: Path, seconds: float) -> None:
         """Record a snapshot taken; drop old snapshots and the journal segments none of the kept ones need."""

@@ -750,3 +750,20 @@ async def test_busy_window_is_exact_at_the_edge_and_emptied_after(gw_factory: Ma
     await gw.advance(HOUR)
     gw.coordinator.expire_due(gw.clock.now())
     assert gw.coordinator.ledger.subjects[key("device", "d1")].windows == {}
+
+
+async def test_subjects_whose_orders_all_ended_leave_nothing_behind(gw_factory: MakeGateway) -> None:
+    # Operator's view (the SPEC is silent on memory): once every order of a subject has ended
+    # (cancelled or expired) and its windows have passed, the subject holds no state at all, so a
+    # flood of abandoned orders under throw-away devices and names does not grow memory for good.
+    gw = await gw_factory(rules_config(rule(max_quantity=5)))
+    expired = order(item("S1", 1), device="d1", name="Zhang San", address=ADDRESS)
+    cancelled = order(item("S1", 1), user="u2", device="d2", phone="13900000000")
+    await allowed(gw, expired)
+    await allowed(gw, cancelled)
+    await gw.cancel(cancelled["order_id"])
+    await gw.advance(HOLD_TTL)
+    assert (await gw.get(expired["order_id"]))["state"] == "expired"
+    await gw.advance(HOUR)
+    gw.coordinator.expire_due(gw.clock.now())
+    assert sorted(gw.coordinator.ledger.subjects) == []
