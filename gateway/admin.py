@@ -114,6 +114,8 @@ async def patch_settings(request: web.Request) -> web.Response:
         raise BadRequest("invalid_config", "settings: expected an object of settings to change")
     current = msgspec.to_builtins(request.app[COORDINATOR].config.settings)
     merged = {**current, **patch}
+    if isinstance(patch.get("messages"), dict):  # one message changed keeps the other overrides
+        merged["messages"] = {**current.get("messages", {}), **patch["messages"]}
     try:
         convert_entry(merged, Settings, "settings")
     except ConfigError as e:

@@ -62,6 +62,7 @@ def apply_change(cfg: Config, ledger: Ledger, record: Record) -> Config:
                 ledger.pardon(key("user", value))
     else:
         raise ValueError(f"unknown admin record {op!r}")
+    cfg.changed()
     return cfg
 
 

@@ -198,27 +198,24 @@ def _product_limits(
 def _risk_rules(
     cfg: Config, subj: Subjects, subjects: dict[SubjectKey, SubjectActor], t: Tally, ev: Evaluation, now: int
 ) -> list[tuple[SubjectKey, WindowKey, int, int]]:
-    """RISK_RULE (or a shadow hit) per rule; returns the window events the order adds."""
-    multiplier = cfg.settings.multiplier
+    """RISK_RULE (or a shadow hit) per rule; returns the window events the order adds (once per
+    window, however many rules read it)."""
     windows: list[tuple[SubjectKey, WindowKey, int, int]] = []
-    seen: set[tuple[SubjectKey, WindowKey]] = set()  # rules sharing a window count an order once
-    for rule in cfg.rules.values():
-        skey = subj.keys.get(rule.subject)
+    keys, scope_qty = subj.keys, t.scope_qty
+    for subject, scope, wkey, seconds, rules in cfg.rule_plan():
+        skey = keys.get(subject)
         if skey is None:
             continue
-        q = t.scope_qty.get(rule.scope.key, 0)
+        q = scope_qty.get(scope, 0)
         if not q:
             continue
-        wkey = rule.window_key
         actor = subjects.get(skey)
         used = actor.window_count(wkey, now) if actor is not None else 0
-        limit = rule.limit(multiplier)
-        if used + q > limit:
-            hit = reason(Code.RISK_RULE, rule_id=rule.rule_id, subject=rule.subject.value, limit=limit, used=used, requested=q)
-            (ev.shadow if rule.mode == "shadow" else ev.reasons).append(hit)
-        if (skey, wkey) not in seen:
-            seen.add((skey, wkey))
-            windows.append((skey, wkey, rule.window_seconds, q))
+        for limit, rule_id, subject_name, shadow in rules:
+            if used + q > limit:
+                hit = reason(Code.RISK_RULE, rule_id=rule_id, subject=subject_name, limit=limit, used=used, requested=q)
+                (ev.shadow if shadow else ev.reasons).append(hit)
+        windows.append((skey, wkey, seconds, q))
     return windows
 
 

@@ -17,7 +17,7 @@ from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, NamedTuple, TypeVar
 
 import msgspec
 
@@ -362,6 +362,14 @@ SECTIONS: dict[str, tuple[type[Entry], str]] = {
 SINGLES: dict[str, type[Entry]] = {"settings": Settings, "lists": ListsDoc, "auto_blacklist": AutoBlacklist}
 
 
+class WindowPlan(NamedTuple):
+    subject: Subject
+    scope: str
+    window: str
+    seconds: int
+    rules: tuple[tuple[int, str, str, bool], ...]  # (limit, rule_id, subject, shadow)
+
+
 @dataclass(slots=True)
 class Config:
     """The live configuration: entries by id, lists as sets. Replaced entry by entry by the admin API."""
@@ -375,6 +383,31 @@ class Config:
     blacklist: ListSet = field(default_factory=ListSet)
     whitelist: ListSet = field(default_factory=ListSet)
     auto_blacklist: AutoBlacklist = field(default_factory=AutoBlacklist)
+    _plan: tuple[WindowPlan, ...] | None = field(default=None, init=False, repr=False)
+
+    def changed(self) -> None:
+        """Call after any change: derived views (the rule plan) are rebuilt on next use."""
+        self._plan = None
+
+    def rule_plan(self) -> tuple[WindowPlan, ...]:
+        """The risk rules grouped by the window they read (subject x scope x length), with limits
+        already multiplied: what every check walks, computed once per configuration change."""
+        if self._plan is None:
+            groups: dict[tuple[Subject, str], list[Rule]] = {}
+            for rule in self.rules.values():
+                groups.setdefault((rule.subject, rule.window_key), []).append(rule)
+            m = self.settings.multiplier
+            self._plan = tuple(
+                WindowPlan(
+                    subject,
+                    rules[0].scope.key,
+                    wkey,
+                    rules[0].window_seconds,
+                    tuple((r.limit(m), r.rule_id, subject.value, r.mode == "shadow") for r in rules),
+                )
+                for (subject, wkey), rules in groups.items()
+            )
+        return self._plan
 
     def section(self, name: str) -> dict[str, Any]:
         section: dict[str, Any] = getattr(self, name)

@@ -97,7 +97,8 @@ class Coordinator:
             expires_at = now + cfg.settings.hold_ttl_seconds
             response.hold = Hold(expires_at)
             response.payable = final.payable
-            response.stripped = [req.items[i].discounts[j].id for i, j in sorted(ev.strip)] if final is not ev else []
+            if final is not ev:  # an apportioned coupon sits on several items: list each id once
+                response.stripped = list(dict.fromkeys(req.items[i].discounts[j].id for i, j in sorted(ev.strip)))
         order = Order(
             order_id=req.order_id,
             digest=digest,
