@@ -18,7 +18,7 @@ from gateway.clock import ClockError
 from gateway.codec import decode, parse, respond
 from gateway.config import LIST_KINDS, LIST_VALUE, SECTIONS, ConfigError, Settings, build_config, convert_entry, normalize_list_value
 from gateway.errors import BadRequest, Conflict, NotFound, Unavailable
-from gateway.keys import COORDINATOR, MANUAL_CLOCK, STORE
+from gateway.keys import COORDINATOR, DECISIONS, MANUAL_CLOCK, STORE
 from gateway.schema import ClockRequest
 from gateway.types import SEP, Record, key
 from snapshots.store import SnapshotFailed
@@ -203,6 +203,21 @@ async def move_clock(request: web.Request) -> web.Response:
     expired = coordinator.expire_due(clock.now())
     await coordinator.journal.commit()
     return respond(request, {"now": clock.now(), "expired": expired})
+
+
+@routes.get("/v1/admin/decisions")
+async def decisions(request: web.Request) -> web.Response:
+    """Why was this buyer refused? Filters: user_id, order_id, code, since (unix seconds), limit."""
+    q = request.query
+    try:
+        since = float(q["since"]) if "since" in q else None
+        limit = int(q.get("limit", "100"))
+    except ValueError:
+        raise BadRequest("invalid_query", "since is unix seconds, limit a whole number") from None
+    if not 1 <= limit <= 10_000:
+        raise BadRequest("invalid_query", "limit must be between 1 and 10000")
+    found = request.app[DECISIONS].search(q.get("user_id"), q.get("order_id"), q.get("code"), since, limit)
+    return respond(request, {"decisions": found, "count": len(found)})
 
 
 @routes.post("/v1/admin/snapshot")

@@ -24,8 +24,9 @@ from gateway.clock import Clock, ManualClock
 from gateway.codec import ADMIN_BODY_LIMIT, error_body, respond
 from gateway.config import Config
 from gateway.coordinator import Coordinator
+from gateway.decisions import DecisionLog
 from gateway.errors import ApiError, Overloaded, Unauthorized, Unavailable
-from gateway.keys import AUTH, CLOCK, COORDINATOR, LOAD, MANUAL_CLOCK, RELOAD, SEED, SNAPSHOT_EVERY, STATS, STORE, Auth, Load
+from gateway.keys import AUTH, CLOCK, COORDINATOR, DECISIONS, LOAD, MANUAL_CLOCK, RELOAD, SEED, SNAPSHOT_EVERY, STATS, STORE, Auth, Load
 from gateway.stats import Stats
 from snapshots.journal import DiskError
 from snapshots.store import Store
@@ -101,11 +102,12 @@ async def disk_guard(request: web.Request, handler: Handler) -> web.StreamRespon
     return await handler(request)
 
 
-async def sweep(coordinator: Coordinator) -> None:
-    """The one task that drains the expiry heap between requests."""
+async def sweep(coordinator: Coordinator, decisions: DecisionLog) -> None:
+    """The one task that drains the expiry heap between requests (and flushes the decision log)."""
     while True:
         await asyncio.sleep(SWEEP_INTERVAL)
         try:
+            decisions.flush()
             if coordinator.journal.writable() or await coordinator.journal.retry():
                 if coordinator.expire_due(coordinator.clock.now()):
                     await coordinator.journal.commit()
@@ -124,7 +126,7 @@ def settle_token(auth: Auth, config: Config) -> None:
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     coordinator = app[COORDINATOR]
     store = app.get(STORE)
-    tasks = [asyncio.create_task(sweep(coordinator), name="flashguard-sweeper")]
+    tasks = [asyncio.create_task(sweep(coordinator, app[DECISIONS]), name="flashguard-sweeper")]
     if store is not None:
         report = store.restore(coordinator, app[SEED], app[RELOAD])
         log.info(
@@ -145,6 +147,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    app[DECISIONS].flush()
     if store is not None:
         await store.close(coordinator)
 
@@ -173,6 +176,7 @@ def make_app(
     app[AUTH] = Auth(admin_token)
     app[LOAD] = Load(max_inflight)
     app[STATS] = Stats()
+    app[DECISIONS] = DecisionLog(store.directory / "decisions" if store is not None else None)
     app.add_routes(routes.routes)
     app.add_routes(admin.routes)
     app.add_routes(metrics.routes)

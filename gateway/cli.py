@@ -15,6 +15,7 @@ from gateway.app import DEFAULT_MAX_INFLIGHT, make_app
 from gateway.clock import Clock, ManualClock, SystemClock
 from gateway.config import Config, ConfigError, demo_config, load_config
 from gateway.coordinator import Coordinator
+from gateway.replay import print_report, replay
 from snapshots.store import RestoreError, Store
 
 log = logging.getLogger("flashguard")
@@ -37,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--snapshot-every", type=float, default=60.0, help="seconds between snapshots (0: only at stop)")
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file", type=Path)
+    rerun = sub.add_parser("replay", help="re-run logged orders against another configuration")
+    rerun.add_argument("--config", type=Path, required=True, help="the configuration to try")
+    rerun.add_argument("logs", type=Path, nargs="+", help="decision log files (DATA/decisions/*.jsonl)")
     return parser
 
 
@@ -95,6 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check-config":
         return check_config(args.file)
+    if args.command == "replay":
+        try:
+            cfg = load_config(args.config)
+        except ConfigError as e:
+            print("\n".join(f"{args.config}: {err}" for err in e.errors), file=sys.stderr)
+            return 1
+        print_report(replay(cfg, args.logs))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
     try:
         import uvloop

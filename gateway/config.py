@@ -8,6 +8,7 @@ cached on it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import tomllib
@@ -384,10 +385,13 @@ class Config:
     whitelist: ListSet = field(default_factory=ListSet)
     auto_blacklist: AutoBlacklist = field(default_factory=AutoBlacklist)
     _plan: tuple[WindowPlan, ...] | None = field(default=None, init=False, repr=False)
+    version: str = field(default="", init=False)  # a digest of the document, logged with every decision
 
     def changed(self) -> None:
-        """Call after any change: derived views (the rule plan) are rebuilt on next use."""
+        """Call after any change: the version is recomputed (here, on the admin call, not on a
+        check), and derived views (the rule plan) are rebuilt on next use."""
         self._plan = None
+        self.version = hashlib.blake2b(msgspec.msgpack.encode(self.to_doc()), digest_size=6).hexdigest()
 
     def rule_plan(self) -> tuple[WindowPlan, ...]:
         """The risk rules grouped by the window they read (subject x scope x length), with limits
@@ -499,6 +503,7 @@ def build_config(raw: Any) -> Config:
             target[ident] = entry
     if errors:
         raise ConfigError(errors)
+    cfg.changed()
     return cfg
 
 

@@ -9,6 +9,7 @@ from aiohttp import web
 from gateway.clock import Clock, ManualClock
 from gateway.config import Config
 from gateway.coordinator import Coordinator
+from gateway.decisions import DecisionLog
 from gateway.stats import Stats
 from snapshots.store import Store
 
@@ -39,3 +40,4 @@ MANUAL_CLOCK = web.AppKey("manual_clock", ManualClock)
 AUTH = web.AppKey("auth", Auth)
 LOAD = web.AppKey("load", Load)
 STATS = web.AppKey("stats", Stats)
+DECISIONS = web.AppKey("decisions", DecisionLog)

@@ -11,7 +11,7 @@ import time
 from aiohttp import web
 
 from gateway.codec import decode, digest, respond
-from gateway.keys import COORDINATOR, STATS
+from gateway.keys import COORDINATOR, DECISIONS, STATS
 from gateway.schema import CheckRequest, ClaimRequest
 
 routes = web.RouteTableDef()
@@ -21,9 +21,11 @@ routes = web.RouteTableDef()
 async def check(request: web.Request) -> web.Response:
     start = time.perf_counter()
     req = await decode(request, CheckRequest)
-    response = request.app[COORDINATOR].check(req, digest(req))
-    await request.app[COORDINATOR].journal.commit()
+    coordinator = request.app[COORDINATOR]
+    response = coordinator.check(req, digest(req))
+    await coordinator.journal.commit()
     request.app[STATS].observe_check(response, time.perf_counter() - start)
+    request.app[DECISIONS].check(req, response, coordinator.config.version, coordinator.clock.now())
     return respond(request, response)
 
 
@@ -31,6 +33,7 @@ async def check(request: web.Request) -> web.Response:
 async def confirm(request: web.Request) -> web.Response:
     view = request.app[COORDINATOR].confirm(request.match_info["order_id"])
     await request.app[COORDINATOR].journal.commit()
+    request.app[DECISIONS].transition("confirm", view, view.updated_at)
     return respond(request, view)
 
 
@@ -38,6 +41,7 @@ async def confirm(request: web.Request) -> web.Response:
 async def cancel(request: web.Request) -> web.Response:
     view = request.app[COORDINATOR].cancel(request.match_info["order_id"])
     await request.app[COORDINATOR].journal.commit()
+    request.app[DECISIONS].transition("cancel", view, view.updated_at)
     return respond(request, view)
 
 
@@ -53,8 +57,10 @@ async def get_order(request: web.Request) -> web.Response:
 @routes.post("/v1/coupons/claim-check")
 async def claim_check(request: web.Request) -> web.Response:
     req = await decode(request, ClaimRequest)
-    response = request.app[COORDINATOR].claim(req)
-    await request.app[COORDINATOR].journal.commit()
+    coordinator = request.app[COORDINATOR]
+    response = coordinator.claim(req)
+    await coordinator.journal.commit()
+    request.app[DECISIONS].claim(req, response, coordinator.config.version, coordinator.clock.now())
     return respond(request, response)
 
 

@@ -1,0 +1,125 @@
+"""The decision log (why was this buyer refused?) and replay of a rule change on logged traffic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.app import make_app
+from gateway.cli import main
+from gateway.clock import ManualClock
+from gateway.config import build_config
+from gateway.coordinator import Coordinator
+from gateway.keys import DECISIONS
+from gateway.replay import replay
+from snapshots.store import Store
+from tests.conftest import T0, TOKEN, Gateway, MakeGateway, base_config, item, order
+
+
+def limited(user_limit: int) -> dict[str, Any]:
+    return base_config(skus=[{"sku_id": "S1", "spu_id": "P1", "cost_price": 800, "limits": {"user": user_limit}}])
+
+
+async def test_support_finds_why_a_buyer_was_refused(gw_factory: MakeGateway) -> None:
+    gw = await gw_factory(limited(1))
+    first, second = order(user="u1"), order(user="u1")
+    await gw.check(first)
+    refused = await gw.check(second)
+    assert refused["decision"] == "deny"
+    found = await gw.admin("GET", "decisions?user_id=u1")
+    assert found["count"] == 2
+    newest = found["decisions"][0]
+    assert newest["order_id"] == second["order_id"] and newest["decision"] == "deny"
+    assert newest["reasons"][0]["code"] == "SKU_LIMIT" and newest["reasons"][0]["limit"] == 1
+    assert newest["config_version"] == gw.coordinator.config.version
+    assert newest["request"]["items"][0]["sku_id"] == "S1"
+    by_code = await gw.admin("GET", "decisions?code=SKU_LIMIT")
+    assert [d["order_id"] for d in by_code["decisions"]] == [second["order_id"]]
+    by_order = await gw.admin("GET", f"decisions?order_id={first['order_id']}")
+    assert by_order["decisions"][0]["decision"] == "allow"
+    assert (await gw.admin("GET", "decisions?user_id=nobody"))["count"] == 0
+
+
+async def test_confirms_cancels_and_claims_are_logged(gw: Gateway) -> None:
+    body = order(user="u2")
+    await gw.check(body)
+    await gw.confirm(body["order_id"])
+    await gw.cancel(body["order_id"])
+    await gw.claim({"user_id": "u2", "coupon_id": "C9"})
+    kinds = [d["kind"] for d in (await gw.admin("GET", "decisions?user_id=u2"))["decisions"]]
+    assert kinds == ["claim", "cancel", "confirm", "check"]
+
+
+@pytest.mark.parametrize("query", ["since=yesterday", "limit=0", "limit=x", "limit=10001"])
+async def test_a_bad_query_is_400_and_the_token_is_required(gw: Gateway, query: str) -> None:
+    err = await gw.admin("GET", f"decisions?{query}", status=400)
+    assert err["error"]["code"] == "invalid_query"
+    resp = await gw.client.get("/v1/admin/decisions")
+    assert resp.status == 401
+
+
+async def test_the_log_is_written_to_rotating_files_in_the_data_directory(tmp_path: Path) -> None:
+    config = build_config(limited(1))
+    coordinator = Coordinator(config, ManualClock(T0))
+    client: TestClient[Any, Any] = TestClient(
+        TestServer(make_app(coordinator, admin_token=TOKEN, store=Store(tmp_path), seed=config, snapshot_every=0))
+    )
+    await client.start_server()
+    try:
+        for _ in range(3):
+            assert (await client.post("/v1/orders/check", json=order(user="u3"))).status == 200
+    finally:
+        await client.close()  # the lifecycle flushes the log on the way out
+    lines = [json.loads(line) for f in sorted((tmp_path / "decisions").glob("*.jsonl")) for line in f.read_text().splitlines()]
+    assert [line["decision"] for line in lines] == ["allow", "deny", "deny"]
+    assert all(line["now"] == T0 for line in lines)
+
+
+async def _log_traffic(gw: Gateway) -> None:
+    """Five users buy two units each, one at a time; each first order is confirmed."""
+    for u in range(5):
+        for n in range(2):
+            body = order(item("S1", 1), user=f"u{u}")
+            res = await gw.check(body)
+            if n == 0 and res["decision"] == "allow":
+                await gw.confirm(body["order_id"])
+            await gw.advance(10)
+
+
+def _recent(gw: Gateway) -> list[dict[str, Any]]:
+    app = gw.client.app
+    assert app is not None
+    return list(app[DECISIONS].recent)
+
+
+async def test_replay_reports_what_a_tighter_limit_would_refuse(gw_factory: MakeGateway, tmp_path: Path) -> None:
+    gw = await gw_factory(limited(2))
+    await _log_traffic(gw)
+    log = tmp_path / "decisions.jsonl"
+    log.write_text("\n".join(json.dumps(e) for e in _recent(gw)) + "\n")
+    report = replay(build_config(limited(1)), [log])
+    assert report.checks == 10
+    assert report.changed == {"allow->deny": 5}
+    assert report.newly_refused_by == {"SKU_LIMIT:S1": 5}
+    looser = replay(build_config(limited(2)), [log])
+    assert looser.unchanged == 10 and not looser.changed
+
+
+async def test_replay_reports_what_a_looser_limit_would_allow_through_the_cli(
+    gw_factory: MakeGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gw = await gw_factory(limited(1))
+    await _log_traffic(gw)
+    log = tmp_path / "decisions.jsonl"
+    log.write_text("\n".join(json.dumps(e) for e in _recent(gw)) + "\n")
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps(limited(3)))
+    assert main(["replay", "--config", str(new), str(log)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["changed"] == {"deny->allow": 5}
+    assert summary["newly_allowed_was"] == {"SKU_LIMIT:S1": 5}
+
