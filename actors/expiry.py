@@ -23,18 +23,17 @@ class Due:
 
 
 class Expiry:
-    __slots__ = ("_heap", "_seq")
+    __slots__ = ("_heap",)
 
     def __init__(self) -> None:
-        self._heap: list[tuple[int, int, int, str | SubjectKey]] = []
-        self._seq = 0  # tie-breaker: keys of different kinds never get compared
+        # (when, kind, key): ties break on the kind, then on keys of one kind (all strings).
+        self._heap: list[tuple[int, int, str | SubjectKey]] = []
 
     def __len__(self) -> int:
         return len(self._heap)
 
     def schedule(self, when: int, kind: int, key: str | SubjectKey) -> None:
-        self._seq += 1
-        heapq.heappush(self._heap, (when, self._seq, kind, key))
+        heapq.heappush(self._heap, (when, kind, key))
 
     def next_due(self) -> int | None:
         return self._heap[0][0] if self._heap else None
@@ -43,5 +42,5 @@ class Expiry:
         """Yield (when, kind, key) for every entry due at `now`, earliest first."""
         heap = self._heap
         while heap and heap[0][0] <= now:
-            when, _, kind, key = heapq.heappop(heap)
+            when, kind, key = heapq.heappop(heap)
             yield when, kind, key

@@ -16,15 +16,13 @@ from gateway.types import SubjectKey, key
 
 
 class Ledger:
-    __slots__ = ("subjects", "activities", "skus", "expiry", "_scheduled")
+    __slots__ = ("subjects", "activities", "skus", "expiry")
 
     def __init__(self) -> None:
         self.subjects: dict[SubjectKey, SubjectActor] = {}
         self.activities: dict[str, ActivityActor] = {}
         self.skus: dict[str, SkuActor] = {}
         self.expiry = Expiry()
-        # When each subject's next window sweep is due: the live heap entry; older ones are stale.
-        self._scheduled: dict[SubjectKey, int] = {}
 
     def subject(self, key: SubjectKey) -> SubjectActor:
         actor = self.subjects.get(key)
@@ -55,8 +53,9 @@ class Ledger:
             for counter, qty in fp.user:
                 counts[counter] = counts.get(counter, 0) + qty
         for skey, wkey, seconds, qty in fp.windows:
-            if (subjects.get(skey) or self.subject(skey)).window_add(wkey, seconds, t, qty):
-                self.schedule_sweep(skey, t + seconds)  # an older window's expiry is scheduled already
+            actor = subjects.get(skey) or self.subject(skey)
+            if actor.window_add(wkey, seconds, t, qty):
+                self.schedule_sweep(skey, actor, t + seconds)  # an older window's expiry is scheduled already
         for activity_id, amount in fp.budget:
             self.activity(activity_id).held += amount
         for sku_id, qty in fp.units:
@@ -122,22 +121,19 @@ class Ledger:
     def claim(self, user_key: SubjectKey, coupon_id: str) -> None:
         self.subject(user_key).add(key("coupon", coupon_id), 1)
 
-    def schedule_sweep(self, key: SubjectKey, when: int) -> None:
-        current = self._scheduled.get(key)
-        if current is None or when < current:
-            self._scheduled[key] = when
+    def schedule_sweep(self, key: SubjectKey, actor: SubjectActor, when: int) -> None:
+        if not actor.sweep_at or when < actor.sweep_at:
+            actor.sweep_at = when
             self.expiry.schedule(when, Due.WINDOWS, key)
 
     def sweep_windows(self, key: SubjectKey, when: int, now: int) -> None:
         """Drop a subject's stale window events (a heap entry scheduled for `when` fired)."""
-        if self._scheduled.get(key) != when:
-            return  # stale entry: a sooner sweep was scheduled since
-        del self._scheduled[key]
         actor = self.subjects.get(key)
-        if actor is None:
-            return
+        if actor is None or actor.sweep_at != when:
+            return  # stale entry: the actor is gone, or a sooner sweep was scheduled since
+        actor.sweep_at = 0
         soonest = actor.prune_windows(now)
         if soonest is not None:
-            self.schedule_sweep(key, soonest)
+            self.schedule_sweep(key, actor, soonest)
         elif actor.is_empty():
             del self.subjects[key]

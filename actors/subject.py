@@ -25,6 +25,7 @@ class SubjectActor(msgspec.Struct, gc=False, array_like=True):
     discount_total: int = 0
     margin_total: int = 0
     pardons: int = 0
+    sweep_at: int = 0  # when the live heap entry will sweep this actor's windows (0: none)
 
     def used(self, counter: CounterKey) -> int:
         return self.counts.get(counter, 0)

@@ -11,6 +11,7 @@ keys precomputed on the configuration entries.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from sys import intern
 from dataclasses import dataclass, field
 
 from actors.ledger import Ledger
@@ -179,7 +180,7 @@ def _product_limits(
     limit added mid-sale already knows what each buyer has bought."""
     is_sku = prefix is _SKU
     for ident, q in quantities.items():
-        counter = prefix + ident
+        counter = intern(prefix + ident)  # one string per counter however many actors hold it
         entry = entries.get(ident)
         if entry is not None:
             for subject, limit in entry.limits.pairs:
@@ -234,8 +235,8 @@ def evaluate(
     shared: list[tuple[CounterKey, int]] = []
     _product_limits(subj, subjects, t.sku_qty, cfg.skus, _SKU, ev.reasons, shared)
     _product_limits(subj, subjects, t.spu_qty, cfg.spus, _SPU, ev.reasons, shared)
-    user_counts = [(_ACT + aid, q) for aid, q in t.act_qty.items()]
-    user_counts.extend((_ACTSKU + aid + SEP + sku_id, q) for (aid, sku_id), q in t.act_sku_qty.items())
+    user_counts = [(intern(_ACT + aid), q) for aid, q in t.act_qty.items()]
+    user_counts.extend((intern(_ACTSKU + aid + SEP + sku_id), q) for (aid, sku_id), q in t.act_sku_qty.items())
     windows = _risk_rules(cfg, subj, subjects, t, ev, now) if cfg.rules else []
     # Tuples, not lists: a stored footprint of atomic tuples is invisible to the garbage collector.
     ev.footprint = Footprint(

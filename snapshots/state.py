@@ -71,8 +71,9 @@ def decode(body: bytes | memoryview) -> tuple[Config, Ledger, dict[str, Order], 
                 nxt = window.next_expiry()
                 if nxt is not None and (soonest is None or nxt < soonest):
                     soonest = nxt
+            actor.sweep_at = 0  # the heap is rebuilt here; the saved time refers to the old one
             if soonest is not None:
-                ledger.schedule_sweep(key, soonest)
+                ledger.schedule_sweep(key, actor, soonest)
         orders: dict[str, Order] = {}
         for order in state.orders:
             orders[order.order_id] = order

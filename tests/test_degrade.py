@@ -253,6 +253,23 @@ async def test_activity_user_limit_strips_only_the_failing_activity(gw_factory: 
     }
 
 
+async def test_an_apportioned_coupon_is_listed_once_in_stripped(gw_factory: MakeGateway) -> None:
+    # SPEC is silent on repeated ids: checkout apportions an order-level coupon over its items, so
+    # one coupon id appears on several items. `stripped` lists the ids of the discounts removed;
+    # an operator (and checkout) expects each id once, in order of first appearance.
+    gw = await gw_factory(degrade_config())
+    await exhaust_a1(gw)
+    body = order(
+        item("S2", 1, 1000, discount(60, "A1", ident="C1"), discount(10, "A2", ident="A2")),
+        item("S2", 1, 1000, discount(40, "A1", ident="C1"), discount(10, "A2", ident="A2")),
+        on_refusal="degrade",
+    )
+    res = await assert_degraded(gw, body, stripped=["C1"], payable=2000 - 20)
+    assert located(res) == [why("ACTIVITY_BUDGET_EXHAUSTED", activity_id="A1", limit=1000, used=1000, requested=100)]
+    assert await budget(gw, "A1") == (1000, 0)
+    assert await budget(gw, "A2") == (20, 0)
+
+
 async def test_several_degradable_reasons_are_all_stripped_in_one_degrade(gw_factory: MakeGateway) -> None:
     cfg = degrade_config()
     cfg["activities"][1]["user_limit"] = 1

@@ -75,11 +75,13 @@ def why(code: str, **fields: Any) -> dict[str, Any]:
 
 
 async def refused(gw: Gateway, body: dict[str, Any], *codes: str) -> dict[str, Any]:
-    """Denied for reasons with exactly these codes (in any order)."""
+    """Denied for reasons with exactly these codes (in any order), counting nothing."""
+    before = (await gw.user(body["user_id"]))["counters"]
     res = await gw.check(body)
     assert res["decision"] == "deny", res
     assert sorted(r["code"] for r in res["reasons"]) == sorted(codes)
-    assert res["hold"] is None
+    assert res["hold"] is None and res["payable"] is None and res["stripped"] == []
+    assert (await gw.user(body["user_id"]))["counters"] == before
     out: dict[str, Any] = res
     return out
 
@@ -223,6 +225,26 @@ async def test_budget_refusal_is_vague(gw_factory: MakeGateway) -> None:
     assert res["message"] == EN["busy"]
 
 
+async def test_refusals_of_a_disclosing_activity_that_are_not_limits_are_vague(gw_factory: MakeGateway) -> None:
+    cfg = message_config()
+    cfg["activities"][0].update(budget=5, ends_at=T0 + 100)
+    gw = await gw_factory(cfg)
+    res = await refused(gw, order(item("S1", 1, 1000, discount(10, "A1"))), "ACTIVITY_BUDGET_EXHAUSTED")
+    assert located(res) == [why("ACTIVITY_BUDGET_EXHAUSTED", activity_id="A1", limit=5, used=0, requested=10)]
+    assert res["message"] == EN["busy"]
+    await gw.advance(100)
+    res = await refused(gw, order(item("S1", 1, 1000, discount(5, "A1"))), "ACTIVITY_NOT_ACTIVE")
+    assert res["message"] == EN["busy"]
+
+
+async def test_a_shadow_hit_does_not_hide_a_stated_limit(gw_factory: MakeGateway) -> None:
+    rule = {"rule_id": "R1", "subject": "user", "scope": {}, "window": "1h", "max_quantity": 0, "mode": "shadow"}
+    gw = await gw_factory(message_config(rules=[rule]))
+    res = await refused(gw, order(item("S1", 3)), "SKU_LIMIT")
+    assert [r["code"] for r in res["shadow"]] == ["RISK_RULE"]
+    assert res["message"] == limited(2)
+
+
 # -- degrade and allow -----------------------------------------------------------------------------
 
 
@@ -340,10 +362,22 @@ async def test_messages_overridden_at_run_time(gw_factory: MakeGateway) -> None:
     # Switching the locale changes the defaults; the overrides still stand until cleared.
     await gw.admin("PATCH", "settings", {"locale": "zh"})
     assert (await refused(gw, order(item("S1", 3)), "SKU_LIMIT"))["message"] == "Only 2 each, sorry (2 max)"
-    await gw.admin("PATCH", "settings", {"messages": {}})
+    await gw.admin("PATCH", "settings", {"messages": {"busy": None, "limit": None, "degrade": None}})
     assert (await refused(gw, order(item("S1", 3)), "SKU_LIMIT"))["message"] == limited(2, ZH)
     vague = await refused(gw, order(item("S2", 2, 1000, discount(10, "A2")), user="u3"), "ACTIVITY_USER_LIMIT")
     assert vague["message"] == ZH["busy"]
+
+
+async def test_patching_one_message_keeps_the_other_overrides(gw_factory: MakeGateway) -> None:
+    # SPEC is silent on how PATCH treats the nested `messages` table; an operator changing one text
+    # expects the others to stay (JSON merge-patch semantics, RFC 7386).
+    gw = await gw_factory(message_config("en"))
+    await gw.admin("PATCH", "settings", {"messages": {"limit": "Max {limit}."}})
+    settings = await gw.admin("PATCH", "settings", {"messages": {"busy": "Busy, busy."}})
+    assert settings["messages"].get("limit") == "Max {limit}." and settings["messages"].get("busy") == "Busy, busy."
+    assert (await refused(gw, order(item("S1", 3)), "SKU_LIMIT"))["message"] == "Max 2."
+    vague = await refused(gw, order(item("S2", 2, 1000, discount(10, "A2"))), "ACTIVITY_USER_LIMIT")
+    assert vague["message"] == "Busy, busy."
 
 
 async def test_invalid_message_override_is_refused_and_changes_nothing(gw_factory: MakeGateway) -> None:
