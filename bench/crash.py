@@ -64,7 +64,8 @@ ACTIVITY_USER_LIMIT = {"A1": 3, "A2": 5}
 ACTIVITY_SKU_LIMITS: dict[str, dict[str, int]] = {"A1": {"S1": 1}, "A2": {}}
 COUPON = "C1"
 COUPON_LIMIT = 2
-USERS = [f"u{i:02d}" for i in range(30)]
+USERS = 30  # buyers at the start; each round brings NEW_USERS more, so that new buyers keep the
+NEW_USERS = 5  # limits in play once the first ones have bought all they may
 
 LIVE = ("held", "confirmed")  # the states in which an order's footprint counts
 Key = tuple[str, ...]
@@ -252,6 +253,7 @@ class Server:
         self.port = port
         self.log = log
         self.base = f"http://{HOST}:{port}"
+        self.gone = False  # the process and every child it forked are dead and reaped
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -263,6 +265,8 @@ class Server:
         """SIGKILL: the whole process group at once, or the server alone (a snapshot child it
         forked may then finish its file, as it would after a real `kill -9`); in both cases
         nothing of the group is left running when this returns."""
+        if self.gone:
+            return
         if mode == "parent":
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.proc.pid, signal.SIGKILL)
@@ -273,12 +277,15 @@ class Server:
         self.kill_group()
 
     def kill_group(self) -> None:
+        if self.gone:
+            return  # never signal a process group id that may have been reused
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline and self._group_alive():
             time.sleep(0.01)
+        self.gone = not self._group_alive()
 
     def _group_alive(self) -> bool:
         try:
@@ -409,7 +416,9 @@ class CrashHarness:
         self.result = Result(seed, data_dir=str(self.data))
         self.orders: dict[str, Order] = {}
         self.idle: dict[str, Pool] = {}
-        self.claims: dict[str, Claims] = {u: Claims() for u in USERS}
+        self.users: list[str] = []
+        self.claims: dict[str, Claims] = {}
+        self._add_users(USERS)
         self.round = 0
         self.stopping = False
         self.round_acks = 0
@@ -417,6 +426,12 @@ class CrashHarness:
         self._next_id = 0
         self._starts = 0
         self.auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    def _add_users(self, n: int) -> None:
+        for _ in range(n):
+            user = f"u{len(self.users):04d}"
+            self.users.append(user)
+            self.claims[user] = Claims()
 
     # -- running ------------------------------------------------------------------------
 
@@ -437,7 +452,10 @@ class CrashHarness:
             self.round += 1
             await self._final()
         except ServerFailed as e:
-            self._violation(f"the server failed to start on the data directory: {e}")
+            self._violation(f"the server failed: {e}")
+        except Exception as e:
+            e.add_note(f"crash harness seed {self.result.seed}, round {self.round}, work directory {self.workdir}")
+            raise
         finally:
             self.result.seconds = time.monotonic() - start
         return self.result
@@ -462,6 +480,7 @@ class CrashHarness:
         try:
             async with self._session() as session:
                 await self._verify(session, server)
+                self._add_users(NEW_USERS)
                 self.stopping = False
                 self.round_acks = 0
                 tasks = [asyncio.create_task(self._worker(session, server)) for _ in range(self.workers)]
@@ -584,7 +603,7 @@ class CrashHarness:
     def _new_order(self) -> Order:
         rng = self.rng
         self._next_id += 1
-        user = rng.choice(USERS)
+        user = rng.choice(self.users)
         items = []
         for _ in range(1 if rng.random() < 0.7 else 2):
             q = 1 if rng.random() < 0.75 else 2
@@ -689,7 +708,7 @@ class CrashHarness:
         await self._transition(session, server, o, "cancel")
 
     async def _claim(self, session: aiohttp.ClientSession, server: Server) -> None:
-        user = self.rng.choice(USERS)
+        user = self.rng.choice(self.users)
         c = self.claims[user]
         self._attempt("claim")
         c.inflight += 1
@@ -788,7 +807,7 @@ class CrashHarness:
         self.result.verified_orders += len(orders)
 
         restored: dict[Key, int] = {}
-        for user in USERS:
+        for user in self.users:
             res = await self._call(session, server, "GET", f"/v1/admin/users/{user}", admin=True)
             if res is None or res[0] != 200:
                 raise ServerFailed(f"GET /v1/admin/users/{user}: {res}")
