@@ -68,6 +68,7 @@ class Coordinator:
         self.clock = clock
         self.ledger = Ledger()
         self.orders: dict[str, Order] = {}
+        self.held = 0  # orders in state HELD, for /metrics (see `adopt`)
         self.journal: RecordSink = journal or NoJournal()
 
     # -- checks ---------------------------------------------------------------------------
@@ -242,6 +243,11 @@ class Coordinator:
         self.config = apply_change(self.config, self.ledger, record)
         self.journal.append(record)
 
+    def adopt(self, config: Config, ledger: Ledger, orders: dict[str, Order]) -> None:
+        """Take over restored state (a snapshot) as a whole."""
+        self.config, self.ledger, self.orders = config, ledger, orders
+        self.held = sum(1 for o in orders.values() if o.state is OrderState.HELD)
+
     def replay(self, record: list[Any]) -> int:
         """Apply one journal record exactly as the original call did; returns the record's time
         (0 for admin changes). Raises if the record does not fit the state (a corrupt journal)."""
@@ -270,6 +276,7 @@ class Coordinator:
     def _hold(self, order: Order) -> None:
         self.orders[order.order_id] = order
         if order.state is OrderState.HELD and order.footprint is not None and order.expires_at is not None:
+            self.held += 1
             self.ledger.hold(order.created_at, order.footprint)
             self.ledger.expiry.schedule(order.expires_at, Due.HOLD, order.order_id)
 
@@ -277,6 +284,7 @@ class Coordinator:
         assert order.footprint is not None
         order.pardons = self.ledger.confirm(user_key(order.user_id), order.footprint)
         order.state = OrderState.CONFIRMED
+        self.held -= 1
         order.updated_at = now
 
     def _cancel(self, order: Order, now: int) -> None:
@@ -284,6 +292,7 @@ class Coordinator:
         assert fp is not None
         user = user_key(order.user_id)
         if order.state is OrderState.HELD:
+            self.held -= 1
             self.ledger.release(order.created_at, user, fp, confirmed=None)
             order.footprint = None
         elif self.config.settings.release_on_cancel:
@@ -299,6 +308,7 @@ class Coordinator:
         self.ledger.release(order.created_at, user_key(order.user_id), order.footprint, confirmed=None)
         order.footprint = None
         order.state = OrderState.EXPIRED
+        self.held -= 1
         order.updated_at = now
 
     def _claim(self, user_id: str, coupon_id: str) -> None:

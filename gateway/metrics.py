@@ -15,9 +15,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from gateway.coordinator import Coordinator
-from gateway.keys import COORDINATOR, LOAD, STATS
+from gateway.keys import COORDINATOR, LOAD, STATS, STORE
 from gateway.stats import LATENCY_BUCKETS, Stats
-from gateway.types import OrderState
+from snapshots.store import Store
 
 routes = web.RouteTableDef()
 
@@ -51,12 +51,33 @@ class GatewayCollector(Collector):
         yield GaugeMetricFamily(
             "flashguard_live_holds",
             "Orders currently held",
-            value=sum(1 for o in coordinator.orders.values() if o.state is OrderState.HELD),
+            value=coordinator.held,
         )
         shed = CounterMetricFamily("flashguard_shed", "Requests answered 429 (overloaded)")
         shed.add_metric([], self.app[LOAD].shed)
         yield shed
         yield from _budgets(coordinator)
+        store = self.app.get(STORE)
+        if store is not None:
+            yield from _durability(store)
+
+
+def _durability(store: Store) -> Iterator[Metric]:
+    journal = store.journal
+    if journal is not None:
+        yield GaugeMetricFamily("flashguard_journal_lsn", "Last journal record appended", value=journal.lsn)
+        yield GaugeMetricFamily("flashguard_journal_durable_lsn", "Last journal record persisted", value=journal.durable)
+        fsyncs = CounterMetricFamily("flashguard_journal_flushes", "Journal writes (one per group commit)")
+        fsyncs.add_metric([], journal.fsyncs)
+        yield fsyncs
+        yield GaugeMetricFamily("flashguard_journal_failed", "1 while the journal cannot write", value=0 if journal.writable() else 1)
+    stats = store.stats
+    taken = CounterMetricFamily("flashguard_snapshots", "Snapshots written", labels=["outcome"])
+    taken.add_metric(["ok"], stats.taken)
+    taken.add_metric(["failed"], stats.failed)
+    yield taken
+    yield GaugeMetricFamily("flashguard_snapshot_seconds", "Time of the last snapshot", value=stats.last_seconds)
+    yield GaugeMetricFamily("flashguard_snapshot_fork_pause_seconds", "Event-loop pause of the last fork", value=stats.last_fork_pause)
 
 
 def _budgets(coordinator: Coordinator) -> Iterator[Metric]:

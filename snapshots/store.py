@@ -80,7 +80,7 @@ class Store:
                 log.error("snapshot %s is damaged (%s); trying the one before it", path.name, e)
                 report.damaged.append(f"{path.name}: {e}")
                 continue
-            coordinator.config, coordinator.ledger, coordinator.orders = config, ledger, orders
+            coordinator.adopt(config, ledger, orders)
             report.snapshot, base_lsn = path, lsn
             break
         try:
