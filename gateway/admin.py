@@ -132,7 +132,6 @@ async def get_activity(request: web.Request) -> web.Response:
     actor = coordinator.ledger.activities.get(ident)
     if activity is None and actor is None:
         raise NotFound("unknown_activity", f"no activity {ident!r}")
-    coordinator.expire_due(coordinator.clock.now())
     held = actor.held if actor is not None else 0
     spent = actor.spent if actor is not None else 0
     budget = activity.budget if activity is not None else None
@@ -146,7 +145,6 @@ async def get_activity(request: web.Request) -> web.Response:
         "fused": budget is not None and spent + held >= budget,
         "active": activity is not None and activity.active(coordinator.clock.now()),
     }
-    await request.app[COORDINATOR].journal.commit()
     return respond(request, out)
 
 
@@ -156,7 +154,6 @@ async def get_user(request: web.Request) -> web.Response:
     ident = request.match_info["ident"]
     cfg = coordinator.config
     now = coordinator.clock.now()
-    coordinator.expire_due(now)
     actor = coordinator.ledger.subjects.get(key("user", ident))
     counters: dict[str, dict[str, int]] = {"sku": {}, "spu": {}, "activity": {}, "activity_sku": {}, "coupon": {}}
     windows: list[dict[str, Any]] = []
@@ -169,7 +166,6 @@ async def get_user(request: web.Request) -> web.Response:
             field, value, _ = wkey.split(SEP)
             windows.append({"scope": {field: value} if field else {}, "window": window.seconds, "quantity": window.count(now)})
     auto = actor is not None and auto_blacklisted(cfg, actor)
-    await request.app[COORDINATOR].journal.commit()
     return respond(
         request,
         {

@@ -224,10 +224,15 @@ class Coordinator:
         return expired
 
     def view(self, order: Order) -> OrderView:
+        """The order as a read shows it: a hold past its expiry reads as expired even before the
+        sweeper (or the next change) records it, so a read never has to write."""
         response = _response_decoder.decode(order.response)
+        state = order.state
+        if state is OrderState.HELD and order.expires_at is not None and self.clock.now() >= order.expires_at:
+            state = OrderState.EXPIRED
         return OrderView(
             order_id=order.order_id,
-            state=order.state,
+            state=state,
             decision=response.decision,
             user_id=order.user_id,
             created_at=order.created_at,

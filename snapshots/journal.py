@@ -94,17 +94,27 @@ class Journal:
         self.fsyncs = 0
         self._fd = -1
         self._size = 0
+        self._abandoned = False
         self._open_segment(next_lsn)
 
     def _open_segment(self, first_lsn: int) -> None:
+        """Switch to the segment starting at `first_lsn`; on failure nothing is left behind and
+        the current segment stays in use."""
         path = segment_path(self.directory, first_lsn)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        size = os.fstat(fd).st_size
-        if size == 0:
-            os.write(fd, MAGIC)
-            os.fsync(fd)
-            fsync_dir(self.directory)
-            size = len(MAGIC)
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0:
+                if os.write(fd, MAGIC) != len(MAGIC):
+                    raise OSError("short write of the segment header")
+                os.fsync(fd)
+                fsync_dir(self.directory)
+                size = len(MAGIC)
+        except OSError:
+            os.close(fd)
+            if path.stat().st_size <= len(MAGIC):
+                path.unlink(missing_ok=True)
+            raise
         if self._fd >= 0:
             os.close(self._fd)
         self._fd, self._size = fd, size
@@ -137,13 +147,19 @@ class Journal:
                 raise DiskError(f"journal write failed: {self.error}")
 
     def _take(self) -> tuple[bytes, int]:
+        """The pending bytes, after moving to a fresh segment if a failed write could not be cut
+        back (the torn bytes stay behind in the old one; the new one rewrites those records)."""
+        if self._abandoned:
+            self._open_segment(self.durable + 1)
+            self._abandoned = False
         data, upto = bytes(self._pending), self._pending_lsn
         self._pending.clear()
         return data, upto
 
     def _flush_now(self, fsync: bool) -> None:
-        data, upto = self._take()
+        data = b""
         try:
+            data, upto = self._take()
             self._write(data, fsync)
         except OSError as e:
             self._failed(data, e)
@@ -151,8 +167,9 @@ class Journal:
         self._done(upto, len(data))
 
     async def _flush_batch(self) -> None:
-        data, upto = self._take()
+        data = b""
         try:
+            data, upto = self._take()
             await asyncio.get_running_loop().run_in_executor(self._executor, self._write, data, True)
         except OSError as e:
             self._failed(data, e)
@@ -184,16 +201,11 @@ class Journal:
             log.error("journal write failed, answering 503 to changes until it recovers: %s", error)
         self.error = error
         self._pending[:0] = data
-        try:
-            os.ftruncate(self._fd, self._size)
-        except OSError:
-            pass
-        else:
-            return
-        try:  # the segment cannot even be cut back: continue in a fresh one
-            self._open_segment(self.durable + 1)
-        except OSError:
-            pass
+        if not self._abandoned:
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                self._abandoned = True  # the next attempt starts a fresh segment
 
     async def retry(self) -> bool:
         """Try to flush what a failure left pending; True when the journal is writable again."""
@@ -243,7 +255,12 @@ class Replay:
 
 def read(directory: Path, after_lsn: int) -> Replay:
     """Every record with lsn > after_lsn, in order. A torn last record is dropped and reported; any
-    other damage (a bad record followed by good ones, a gap in LSNs) raises JournalCorrupt."""
+    other damage (a bad record followed by good ones, a gap in LSNs) raises JournalCorrupt.
+
+    Two leftovers of a failed write are understood: an empty segment (its creation failed) holds
+    nothing, and records repeated exactly (the journal moved on to a new segment after a write it
+    could not cut back, and wrote them again there) count once; a torn tail just before such a
+    segment is no damage. A record repeated with other contents is."""
     files = segments(directory)
     out = Replay([], after_lsn)
     for index, (first, path) in enumerate(files):
@@ -252,13 +269,21 @@ def read(directory: Path, after_lsn: int) -> Replay:
         if following is not None and following <= after_lsn + 1:
             continue  # wholly covered by the snapshot
         data = path.read_bytes()
+        if not data and not is_last:
+            continue
         for lsn, payload, end, problem in _frames(data, path):
             if problem is not None:
+                if following is not None and following <= out.last_lsn + 1:
+                    break  # the next segment rewrote from here on
                 if not is_last:
                     raise JournalCorrupt(problem)
                 out.torn, out.torn_file, out.torn_offset = problem, path, end
                 break
             if lsn <= after_lsn:
+                continue
+            if lsn <= out.last_lsn:  # a rewrite after a failed write repeats records exactly
+                if payload != out.records[lsn - after_lsn - 1]:
+                    raise JournalCorrupt(f"{path.name}: record {lsn} appears twice with different contents")
                 continue
             if lsn != out.last_lsn + 1:
                 raise JournalCorrupt(f"{path.name}: record {lsn} follows {out.last_lsn}: records are missing")
@@ -276,6 +301,9 @@ def _frames(data: bytes, path: Path) -> Iterator[tuple[int, list[Any], int, str 
         raise JournalCorrupt(f"{path.name}: not a flashguard journal (bad magic)")
     pos = len(MAGIC)
     while pos < len(data):
+        if not data[pos:].strip(b"\0"):
+            yield 0, [], pos, f"{path.name}: a zero-filled tail at byte {pos}"
+            return
         if pos + FRAME.size > len(data):
             yield 0, [], pos, f"{path.name}: a torn frame header at byte {pos}"
             return

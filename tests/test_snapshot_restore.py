@@ -11,6 +11,7 @@ The helpers at the top (a configuration, order bodies, `canonical`, `restore_dir
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from gateway.clock import Clock, ManualClock
 from gateway.codec import digest
 from gateway.config import Config, build_config
 from gateway.coordinator import Coordinator
+from gateway.errors import Gone
 from gateway.schema import CheckRequest, CheckResponse, ClaimRequest
 from gateway.types import Decision, OrderState
 from snapshots import journal as journal_files
@@ -337,6 +339,31 @@ async def test_several_snapshots_keep_only_what_restore_needs(tmp_path: Path) ->
     await journal_of(store).close()
 
 
+async def test_big_risk_windows_round_trip(tmp_path: Path) -> None:
+    """Windows past their small form (a sorted map of many seconds) restore exactly and keep
+    sliding: buckets leave at the same moments in the original and the restored state."""
+    coordinator, store = await open_store(tmp_path)
+    coordinator.change(("put", "rules", "R3", {"rule_id": "R3", "subject": "ip", "window": "1h", "max_quantity": 1000}))
+    for n in range(80):
+        body = order_body(f"w{n}", f"wu{n}", sku="S2", unit_price=500, device=f"wd{n}")
+        assert check(coordinator, body).decision is Decision.ALLOW
+        coordinator.confirm(f"w{n}")  # confirmed: it stays in the windows until they slide past it
+        advance(coordinator, 30)
+    await commit(coordinator)
+    window = coordinator.ledger.subjects["ip\x1f10.0.0.1"].windows
+    assert any(isinstance(w.buckets, dict) and len(w.buckets) == 80 for w in window.values())
+    await store.snapshot(coordinator)
+    restored, report = await restore_dir(tmp_path)
+    assert report.snapshot is not None and report.replayed == 0
+    assert canonical(restored) == canonical(coordinator)
+    for step in (600, 1200, 1800, 3600):
+        for c in (coordinator, restored):
+            advance(c, step)
+            c.expire_due(c.clock.now())
+        assert canonical(restored) == canonical(coordinator)
+    await journal_of(store).close()
+
+
 # -- through the HTTP app ------------------------------------------------------------------
 
 
@@ -345,13 +372,15 @@ async def start(
     seed: dict[str, Any] | None = None,
     reload_config: bool = False,
     clock: ManualClock | None = None,
+    fsync: journal_files.FsyncMode = "batch",
 ) -> Gateway:
+    """A gateway serving over HTTP on `directory` (restored by the app's cleanup context)."""
     clock = clock or ManualClock(T0)
     coordinator = Coordinator(build_config(seed or durable_config()), clock)
     app = make_app(
         coordinator,
         admin_token=TOKEN,
-        store=Store(directory),
+        store=Store(directory, fsync=fsync),
         seed=build_config(seed or durable_config()),
         reload_config=reload_config,
         snapshot_every=0,
@@ -629,8 +658,6 @@ async def test_holds_whose_expiry_passed_while_down_expire_at_restore(tmp_path: 
     assert again.orders["early"].state is OrderState.EXPIRED
     assert canonical(again) == canonical(restored)
     # and confirming it now is 410, as for any expired hold
-    from gateway.errors import Gone
-
     with pytest.raises(Gone):
         again.confirm("early")
 
@@ -666,7 +693,7 @@ async def test_manual_clock_continues_from_the_restored_time(tmp_path: Path) -> 
 # -- --config and --reload-config -------------------------------------------------------------
 
 
-async def test_config_seeds_only_an_empty_directory(tmp_path: Path) -> None:
+async def test_config_seeds_only_an_empty_directory(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     seeded, report = await restore_dir(tmp_path, seed=build_config(durable_config()))
     assert report.seeded and report.snapshot is None and report.replayed == 0
     assert seeded.config.to_doc(secrets=True) == build_config(durable_config()).to_doc(secrets=True)
@@ -676,8 +703,11 @@ async def test_config_seeds_only_an_empty_directory(tmp_path: Path) -> None:
     await commit(coordinator)
     await journal_of(store).close()
     other = build_config(durable_config(spus=[], coupons=[]))
-    restored, report = await restore_dir(tmp_path, seed=other)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="flashguard"):
+        restored, report = await restore_dir(tmp_path, seed=other)
     assert not report.seeded
+    assert any("not applied" in r.getMessage() for r in caplog.records)  # the server says so
     assert "P2" in restored.config.spus and "C1" in restored.config.coupons
     assert canonical(restored) == canonical(coordinator)
 
