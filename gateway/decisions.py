@@ -30,7 +30,7 @@ _encoder = msgspec.json.Encoder()
 class DecisionLog:
     def __init__(self, directory: Path | None) -> None:
         self.directory = directory
-        self.recent: deque[dict[str, Any]] = deque(maxlen=IN_MEMORY)
+        self.recent: deque[bytes] = deque(maxlen=IN_MEMORY)
         self._buffer: list[bytes] = []
         self._file: Path | None = None
         if directory is not None:
@@ -52,13 +52,13 @@ class DecisionLog:
                     if address is not None
                     else None,
                 },
-                "decision": response.decision.value,
-                "reasons": msgspec.to_builtins(response.reasons),
-                "shadow": msgspec.to_builtins(response.shadow),
+                "decision": response.decision,
+                "reasons": response.reasons,
+                "shadow": response.shadow,
                 "stripped": response.stripped,
                 "config_version": version,
                 "now": now,  # the gateway's clock, which replay runs on
-                "request": msgspec.to_builtins(req),
+                "request": req,
             }
         )
 
@@ -69,11 +69,11 @@ class DecisionLog:
                 "user_id": req.user_id,
                 "coupon_id": req.coupon_id,
                 "subjects": {"device": req.device_id, "phone": req.phone},
-                "decision": response.decision.value,
-                "reasons": msgspec.to_builtins(response.reasons),
+                "decision": response.decision,
+                "reasons": response.reasons,
                 "config_version": version,
                 "now": now,
-                "request": msgspec.to_builtins(req),
+                "request": req,
             }
         )
 
@@ -81,10 +81,13 @@ class DecisionLog:
         self._add({"kind": kind, "order_id": view.order_id, "user_id": view.user_id, "state": view.state.value, "now": now})
 
     def _add(self, entry: dict[str, Any]) -> None:
+        """Encode once (msgspec writes the request and reasons structs directly); memory and the
+        file buffer share the bytes, and a search decodes them."""
         entry["t"] = round(time.time(), 3)
-        self.recent.append(entry)
+        line = _encoder.encode(entry)
+        self.recent.append(line)
         if self.directory is not None:
-            self._buffer.append(_encoder.encode(entry) + b"\n")
+            self._buffer.append(line + b"\n")
 
     def flush(self) -> None:
         """Append what is buffered to the current file, rotating when it is full."""
@@ -109,7 +112,7 @@ class DecisionLog:
     ) -> list[dict[str, Any]]:
         """Newest first: memory, then the files (older than what memory holds)."""
         out: list[dict[str, Any]] = []
-        oldest_in_memory = self.recent[0]["t"] if self.recent else float("inf")
+        oldest_in_memory = msgspec.json.decode(self.recent[0])["t"] if self.recent else float("inf")
         for entry in self._entries(oldest_in_memory):
             if since is not None and entry["t"] < since:
                 break
@@ -125,7 +128,8 @@ class DecisionLog:
         return out
 
     def _entries(self, oldest_in_memory: float) -> Iterator[dict[str, Any]]:
-        yield from reversed(self.recent)
+        for line in reversed(self.recent):
+            yield msgspec.json.decode(line)
         for path in self.files():
             lines = path.read_bytes().splitlines()
             for line in reversed(lines):

@@ -93,7 +93,7 @@ async def _log_traffic(gw: Gateway) -> None:
 def _recent(gw: Gateway) -> list[dict[str, Any]]:
     app = gw.client.app
     assert app is not None
-    return list(app[DECISIONS].recent)
+    return [json.loads(line) for line in app[DECISIONS].recent]
 
 
 async def test_replay_reports_what_a_tighter_limit_would_refuse(gw_factory: MakeGateway, tmp_path: Path) -> None:
