@@ -168,27 +168,26 @@ def _activities(cfg: Config, ledger: Ledger, user: SubjectActor | None, t: Tally
 
 
 def _product_limits(
-    subj: Subjects,
-    subjects: dict[SubjectKey, SubjectActor],
+    counts_of: list[dict[CounterKey, int] | None],
     quantities: dict[str, int],
     entries: Mapping[str, Sku | Spu],
     prefix: str,
     reasons: list[Reason],
     shared: list[tuple[CounterKey, int]],
 ) -> None:
-    """SKU_LIMIT / SPU_LIMIT per subject. Every present subject counts the order either way, so a
-    limit added mid-sale already knows what each buyer has bought."""
+    """SKU_LIMIT / SPU_LIMIT per subject (`counts_of`: each limit subject's counters, None when the
+    order names no such subject). Every present subject counts the order either way, so a limit
+    added mid-sale already knows what each buyer has bought."""
     is_sku = prefix is _SKU
     for ident, q in quantities.items():
         counter = intern(prefix + ident)  # one string per counter however many actors hold it
         entry = entries.get(ident)
         if entry is not None:
-            for subject, limit in entry.limits.pairs:
-                skey = subj.keys.get(subject)
-                if skey is None:
+            for index, subject, limit in entry.limits.pairs:
+                counts = counts_of[index]
+                if counts is None:
                     continue
-                actor = subjects.get(skey)
-                used = actor.counts.get(counter, 0) if actor is not None else 0
+                used = counts.get(counter, 0)
                 if used + q > limit:
                     where = {"sku_id": ident} if is_sku else {"spu_id": ident}
                     code = Code.SKU_LIMIT if is_sku else Code.SPU_LIMIT
@@ -233,14 +232,19 @@ def evaluate(
     failed_activities = _activities(cfg, ledger, user, t, ev, now)
 
     shared: list[tuple[CounterKey, int]] = []
-    _product_limits(subj, subjects, t.sku_qty, cfg.skus, _SKU, ev.reasons, shared)
-    _product_limits(subj, subjects, t.spu_qty, cfg.spus, _SPU, ev.reasons, shared)
+    present = [subj.keys.get(s) for s in LIMIT_SUBJECTS]
+    counts_of: list[dict[CounterKey, int] | None] = []
+    for skey in present:
+        actor = subjects.get(skey) if skey is not None else None
+        counts_of.append(None if skey is None else actor.counts if actor is not None else {})
+    _product_limits(counts_of, t.sku_qty, cfg.skus, _SKU, ev.reasons, shared)
+    _product_limits(counts_of, t.spu_qty, cfg.spus, _SPU, ev.reasons, shared)
     user_counts = [(intern(_ACT + aid), q) for aid, q in t.act_qty.items()]
     user_counts.extend((intern(_ACTSKU + aid + SEP + sku_id), q) for (aid, sku_id), q in t.act_sku_qty.items())
     windows = _risk_rules(cfg, subj, subjects, t, ev, now) if cfg.rules else []
     # Tuples, not lists: a stored footprint of atomic tuples is invisible to the garbage collector.
     ev.footprint = Footprint(
-        tuple(subj.keys[s] for s in LIMIT_SUBJECTS if s in subj.keys),  # the user first
+        tuple(k for k in present if k is not None),  # the user first
         tuple(shared),
         tuple(user_counts),
         tuple(windows),

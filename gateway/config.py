@@ -106,9 +106,9 @@ class Limits(Entry):
     receiver_address: PosInt | None = None
 
     @cached_property
-    def pairs(self) -> tuple[tuple[Subject, int], ...]:
-        """The limits that are set, as (subject, limit), in a fixed order."""
-        return tuple((s, v) for s in LIMIT_SUBJECTS if (v := getattr(self, s.value)) is not None)
+    def pairs(self) -> tuple[tuple[int, Subject, int], ...]:
+        """The limits that are set, as (index in LIMIT_SUBJECTS, subject, limit)."""
+        return tuple((i, s, v) for i, s in enumerate(LIMIT_SUBJECTS) if (v := getattr(self, s.value)) is not None)
 
 
 class PriceFuse(Entry):
