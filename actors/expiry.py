@@ -35,9 +35,6 @@ class Expiry:
     def schedule(self, when: int, kind: int, key: str | SubjectKey) -> None:
         heapq.heappush(self._heap, (when, kind, key))
 
-    def next_due(self) -> int | None:
-        return self._heap[0][0] if self._heap else None
-
     def pop_due(self, now: int) -> Iterator[tuple[int, int, str | SubjectKey]]:
         """Yield (when, kind, key) for every entry due at `now`, earliest first."""
         heap = self._heap

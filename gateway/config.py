@@ -152,13 +152,6 @@ class Sku(Entry):
         """Every risk-rule scope key this SKU falls in (see `Scope.key`)."""
         return sku_scopes(self.sku_id, self.category, self.brand, self.spu_id)
 
-    @cached_property
-    def counter(self) -> str:
-        return key("sku", self.sku_id)
-
-    @cached_property
-    def spu_counter(self) -> str | None:
-        return None if self.spu_id is None else key("spu", self.spu_id)
 
 
 ALL_SKUS = key("", "")

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from gateway.config import MAX_MONEY, MAX_QUANTITY, Id, Money
+from gateway.config import MAX_QUANTITY, Id, Money
 from gateway.types import Decision, Notice, OrderState, Reason
 
 Text = Annotated[str, msgspec.Meta(max_length=256)]
@@ -119,17 +119,3 @@ class OrderView(msgspec.Struct, kw_only=True):
     stripped: list[str]
     reasons: list[Reason]
 
-
-__all__ = [
-    "MAX_MONEY",
-    "Address",
-    "CheckRequest",
-    "CheckResponse",
-    "ClaimRequest",
-    "ClockRequest",
-    "Discount",
-    "Hold",
-    "Item",
-    "OrderView",
-    "Receiver",
-]

@@ -53,7 +53,6 @@ class RestoreReport:
 class SnapshotStats:
     taken: int = 0
     failed: int = 0
-    last_path: Path | None = None
     last_seconds: float = 0.0
     last_fork_pause: float = 0.0
 
@@ -160,7 +159,7 @@ class Store:
     def _retire(self, path: Path, seconds: float) -> None:
         """Record a snapshot taken; drop old snapshots and the journal segments none of the kept ones need."""
         self.stats.taken += 1
-        self.stats.last_path, self.stats.last_seconds = path, seconds
+        self.stats.last_seconds = seconds
         oldest = snapshot_files.prune(self.directory)
         if oldest is None:
             return
