@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from gateway import admin, metrics, routes
+from gateway import admin, console, metrics, openapi, routes
 from gateway.clock import Clock, ManualClock
 from gateway.codec import ADMIN_BODY_LIMIT, error_body, respond
 from gateway.config import Config
@@ -180,5 +180,7 @@ def make_app(
     app.add_routes(routes.routes)
     app.add_routes(admin.routes)
     app.add_routes(metrics.routes)
+    app.add_routes(console.routes)
+    app.add_routes(openapi.routes)
     app.cleanup_ctx.append(_lifecycle)
     return app

@@ -24,7 +24,7 @@ async def check(request: web.Request) -> web.Response:
     coordinator = request.app[COORDINATOR]
     response = coordinator.check(req, digest(req))
     await coordinator.journal.commit()
-    request.app[STATS].observe_check(response, time.perf_counter() - start)
+    request.app[STATS].observe_check(response, time.perf_counter() - start, req)
     request.app[DECISIONS].check(req, response, coordinator.config.version, coordinator.clock.now())
     return respond(request, response)
 

@@ -6,9 +6,33 @@ from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 
-from gateway.schema import CheckResponse
+from gateway.config import fold
+from gateway.schema import CheckRequest, CheckResponse
+from gateway.types import Decision
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+# The refused users and addresses are heavy hitters kept in bounded counters: past TOP_CAP keys the
+# counter is cut back to its TOP_KEEP most common, so a flood of one-off ids costs bounded memory
+# (a key cut away starts again from zero; the ones that matter, repeated, stay on top).
+TOP_CAP = 10_000
+TOP_KEEP = 1_000
+
+
+def region_path(req: CheckRequest) -> str | None:
+    """The order's folded region path (province/city/district/town), as address blacklists match it."""
+    address = req.receiver.address if req.receiver is not None else None
+    if address is None:
+        return None
+    parts = [fold(p.replace("/", " ")) if p else "" for p in (address.province, address.city, address.district, address.town)]
+    return "/".join(parts).rstrip("/") or None
+
+
+def _bump(counter: Counter[str], value: str) -> None:
+    counter[value] += 1
+    if len(counter) > TOP_CAP:
+        kept = counter.most_common(TOP_KEEP)
+        counter.clear()
+        counter.update(dict(kept))
 
 
 @dataclass(slots=True)
@@ -18,12 +42,27 @@ class Stats:
     shadow: Counter[str] = field(default_factory=Counter)
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     latency_sum: float = 0.0
+    refused_users: Counter[str] = field(default_factory=Counter)
+    refused_addresses: Counter[str] = field(default_factory=Counter)
 
-    def observe_check(self, response: CheckResponse, seconds: float) -> None:
+    def observe_check(self, response: CheckResponse, seconds: float, request: CheckRequest | None = None) -> None:
         self.decisions[response.decision.value] += 1
+        if request is not None and response.decision is Decision.DENY:
+            self.observe_refusal(request)
         for r in response.reasons:
             self.reasons[r.code.value] += 1
         for r in response.shadow:
             self.shadow[r.rule_id or ""] += 1
         self.latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum += seconds
+
+    def observe_refusal(self, request: CheckRequest) -> None:
+        """A denied check: count its user and its region path (for the console's top refused)."""
+        _bump(self.refused_users, request.user_id)
+        path = region_path(request)
+        if path is not None:
+            _bump(self.refused_addresses, path)
+
+    def top_refused(self, n: int = 10) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+        """The n most refused users and region paths, most refused first."""
+        return self.refused_users.most_common(n), self.refused_addresses.most_common(n)
