@@ -35,6 +35,10 @@ class Expiry:
     def schedule(self, when: int, kind: int, key: str | SubjectKey) -> None:
         heapq.heappush(self._heap, (when, kind, key))
 
+    def any_due(self, now: int) -> bool:
+        """The cheap test every check makes before draining."""
+        return bool(self._heap) and self._heap[0][0] <= now
+
     def pop_due(self, now: int) -> Iterator[tuple[int, int, str | SubjectKey]]:
         """Yield (when, kind, key) for every entry due at `now`, earliest first."""
         heap = self._heap

@@ -211,6 +211,8 @@ class Coordinator:
 
     def expire_due(self, now: int) -> int:
         """End every hold due at `now` and sweep due risk windows; returns the holds expired."""
+        if not self.ledger.expiry.any_due(now):
+            return 0
         expired = 0
         for when, kind, key in self.ledger.expiry.pop_due(now):
             if kind == Due.WINDOWS:
