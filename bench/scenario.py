@@ -7,6 +7,7 @@ Deterministic for a seed, so two runs (or two systems in one run) see the same o
 from __future__ import annotations
 
 import random
+from itertools import accumulate
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,7 +78,8 @@ class Scenario:
     def bodies(self, n: int, prefix: str = "o") -> list[dict[str, Any]]:
         """`n` check bodies: Zipf-popular SKUs, 1-3 items, two discounts each; 1 in 5 from a ring."""
         rnd = random.Random(self.seed)
-        weights = [1 / (k + 1) for k in range(self.skus)]
+        cum_weights = list(accumulate(1 / (k + 1) for k in range(self.skus)))  # Zipf; cumulative once
+        population = range(self.skus)
         out = []
         for k in range(n):
             ring = self.rings > 0 and rnd.random() < 0.2
@@ -99,7 +101,7 @@ class Scenario:
                     "town": f"T{u % 20000}", "detail": f"{u} Main St",
                 }
             items = []
-            for sku in set(rnd.choices(range(self.skus), weights, k=rnd.randint(1, 3))):
+            for sku in set(rnd.choices(population, cum_weights=cum_weights, k=rnd.randint(1, 3))):
                 cost = 10_000 + (sku * 7919) % 500_000
                 price = cost * 13 // 10
                 items.append(
