@@ -12,7 +12,7 @@ from actors.expiry import Due, Expiry
 from actors.orders import Footprint
 from actors.sku import SkuActor
 from actors.subject import SubjectActor
-from gateway.types import SubjectKey, key
+from gateway.types import SubjectKey, clamp, key
 
 
 class Ledger:
@@ -73,8 +73,8 @@ class Ledger:
             actor_.held -= qty
             actor_.confirmed += qty
         user = self.subject(user_key)
-        user.discount_total += fp.discount
-        user.margin_total += fp.margin
+        user.discount_total = clamp(user.discount_total + fp.discount)
+        user.margin_total = clamp(user.margin_total + fp.margin)
         return user.pardons
 
     def release(self, t: int, user_key: SubjectKey, fp: Footprint, confirmed: int | None) -> None:
@@ -108,8 +108,8 @@ class Ledger:
         unless the user was pardoned since it was confirmed (the pardon already zeroed them)."""
         user = self.subject(user_key)
         if user.pardons == pardons:
-            user.discount_total -= fp.discount
-            user.margin_total -= fp.margin
+            user.discount_total = clamp(user.discount_total - fp.discount)
+            user.margin_total = clamp(user.margin_total - fp.margin)
 
     def pardon(self, user_key: SubjectKey) -> None:
         """Zero a user's auto-blacklist totals: an operator took them off the blacklist."""

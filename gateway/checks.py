@@ -20,7 +20,19 @@ from actors.subject import SubjectActor
 from gateway.config import Config, Sku, Spu, sku_scopes
 from gateway.schema import CheckRequest
 from gateway.subjects import Subjects, blacklist_reasons
-from gateway.types import LIMIT_SUBJECTS, SEP, Code, CounterKey, Notice, Reason, Subject, SubjectKey, WindowKey, reason
+from gateway.types import (
+    LIMIT_SUBJECTS,
+    SEP,
+    Code,
+    CounterKey,
+    Notice,
+    Reason,
+    Subject,
+    SubjectKey,
+    WindowKey,
+    clamp,
+    reason,
+)
 
 _ACT = "act" + SEP
 _ACTSKU = "actsku" + SEP
@@ -250,8 +262,8 @@ def evaluate(
         tuple(windows),
         tuple(t.act_amount.items()),
         tuple(t.sku_qty.items()),
-        t.discount,
-        t.margin,
+        clamp(t.discount),
+        clamp(t.margin),
     )
 
     if cfg.whitelist.has("user", subj.user_id):

@@ -24,9 +24,14 @@ import msgspec
 
 from gateway.types import LIMIT_SUBJECTS, Subject, key
 
-MAX_MONEY = 10**15  # minor units; keeps every amount inside msgpack's int64 and far above any price
-MAX_QUANTITY = 1_000_000
+# Bounds that keep every amount, and every sum of them the journal and snapshots store, inside
+# msgpack's int64, while far above any real price (10^13 fen is 100 billion yuan) or order.
+MAX_MONEY = 10**13
+MAX_QUANTITY = 100_000
 MAX_WINDOW = 7 * 86400
+MAX_DURATION = 10 * 365 * 86400
+MAX_RATIO = 10**6
+
 
 # Ids are printable: no control characters, which also keeps the joined actor keys unambiguous.
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern="^[^\\x00-\\x1f\\x7f]+$")]
@@ -51,8 +56,8 @@ def parse_duration(value: Duration) -> int:
         if not m:
             raise ValueError(f"bad duration {value!r}: use whole seconds or '30s', '15m', '1h', '7d'")
         seconds = int(m.group(1)) * _UNIT[m.group(2)]
-    if seconds < 1:
-        raise ValueError(f"duration {value!r} must be at least one second")
+    if not 1 <= seconds <= MAX_DURATION:
+        raise ValueError(f"duration {value!r} must be between one second and ten years")
     return seconds
 
 
@@ -64,8 +69,8 @@ def parse_ratio(value: Ratio) -> Fraction:
         d = Decimal(repr(value) if isinstance(value, float) else str(value).strip())
     except InvalidOperation:
         raise ValueError(f"bad ratio {value!r}: use a decimal such as '0.95'") from None
-    if not d.is_finite() or d < 0:
-        raise ValueError(f"ratio {value!r} must be a finite number of zero or more")
+    if not d.is_finite() or not 0 <= d <= MAX_RATIO:
+        raise ValueError(f"ratio {value!r} must be a number from 0 to {MAX_RATIO}")
     return Fraction(d)
 
 

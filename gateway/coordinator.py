@@ -111,8 +111,8 @@ class Coordinator:
             response=_response_encoder.encode(response),
             updated_at=now,
         )
+        self.journal.append(("check", order))  # before the state changes: if it raises, nothing did
         self._hold(order)
-        self.journal.append(("check", order))
         return response
 
     def _decide(

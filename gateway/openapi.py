@@ -136,13 +136,13 @@ ERRORS = {
     410: "The hold expired",
     413: "Body too large",
     429: "Overloaded; retry after `Retry-After` seconds",
-    503: "The journal cannot write: nothing was changed; retry after `Retry-After` seconds",
+    503: "Unavailable: the journal cannot write (the change was not acknowledged), or a snapshot failed",
 }
 ERROR = {"$ref": "#/components/schemas/Error"}
 HEADERS = {
     401: {"WWW-Authenticate": {"schema": {"const": "Bearer"}, "required": True}},
     429: {"Retry-After": {"schema": {"type": "integer"}, "required": True, "description": "Seconds to wait"}},
-    503: {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait (when the journal is known down)"}},
+    503: {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait, when the journal is known down"}},
 }
 
 
@@ -164,15 +164,8 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 
 def _op(
-    summary: str,
-    ok: dict[str, Any] | None,
-    errors: tuple[int, ...] = (),
-    *,
-    content: dict[str, Any] | None = None,
-    body: dict[str, Any] | None = None,
-    params: list[dict[str, Any]] | None = None,
-    admin: bool = False,
-    tag: str = "checkout",
+    summary: str, ok: dict[str, Any] | None, errors: tuple[int, ...] = (), *, content: dict[str, Any] | None = None,
+    body: dict[str, Any] | None = None, params: list[dict[str, Any]] | None = None, admin: bool = False, tag: str = "checkout",
 ) -> dict[str, Any]:
     """One operation: `ok` is the schema of its 200 body (JSON or msgpack), else `content` is."""
     statuses = set(errors) | ({400, 413} if body is not None else set()) | ({401, 503} if admin else set())
@@ -195,13 +188,10 @@ def _paths(ref: dict[Any, dict[str, Any]], schemas: dict[str, Any]) -> dict[str,
     ident = msgspec.json.schema(Id)
     order, user = [_path("order_id", ident)], [_path("user_id", ident)]
     public = (429, 503)
-    search = [
-        _query("user_id", {"type": "string"}, "Only this user's entries"),
-        _query("order_id", {"type": "string"}, "Only this order's entries"),
-        _query("code", {"type": "string"}, "Only entries with a reason of this code"),
-        _query("since", {"type": "number"}, "Only entries at or after this unix time"),
-        _query("limit", {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 100}, "At most this many"),
-    ]
+    search = [_query(name, {"type": "string"}, f"Only entries of this {name}") for name in ("user_id", "order_id")]
+    search += [_query("code", {"type": "string"}, "Only entries with a reason of this code")]
+    search += [_query("since", {"type": "number"}, "Only entries at or after this unix time")]
+    search += [_query("limit", {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 100}, "At most this many")]
     top = [_query("top", {"type": "integer", "minimum": 1, "maximum": 100, "default": 10}, "How many top refused to list")]
     files, name = _text("text/html", "text/javascript", "text/css"), [_path("name", {"type": "string"})]
     paths: dict[str, dict[str, Any]] = {

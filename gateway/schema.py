@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from gateway.config import MAX_QUANTITY, Id, Money
+from gateway.config import MAX_MONEY, MAX_QUANTITY, Id, Money
 from gateway.types import Decision, Notice, OrderState, Reason
 
 Text = Annotated[str, msgspec.Meta(max_length=256)]
@@ -62,6 +62,8 @@ class CheckRequest(Wire):
     on_refusal: Literal["deny", "degrade"] = "deny"
 
     def __post_init__(self) -> None:
+        if sum(item.unit_price * item.quantity for item in self.items) > MAX_MONEY:
+            raise ValueError(f"the order is worth more than {MAX_MONEY} (unit_price x quantity, all items)")
         for i, item in enumerate(self.items):
             total = sum(d.amount for d in item.discounts)
             if total > item.unit_price * item.quantity:

@@ -99,6 +99,15 @@ WindowKey = str
 
 def key(*parts: str) -> str:
     return SEP.join(parts)
+
+
+MAX_TOTAL = 2**62  # auto-blacklist totals saturate here
+
+
+def clamp(value: int) -> int:
+    """Saturate a running total: a cost far above the paid price, summed over many orders, could
+    otherwise pass what msgpack (int64) can store in the journal and snapshots."""
+    return max(-MAX_TOTAL, min(MAX_TOTAL, value))
 # A state change as the journal stores it: ("check", ...), ("confirm", id, t), ("put", ...), ...
 Record = tuple[Any, ...]
 

@@ -122,8 +122,9 @@ class Journal:
     # -- the coordinator's side: synchronous ---------------------------------------------
 
     def append(self, record: Record) -> None:
+        frame = encode(self.lsn + 1, record)  # first: a record that cannot be encoded changes nothing
         self.lsn += 1
-        self._pending += encode(self.lsn, record)
+        self._pending += frame
         self._pending_lsn = self.lsn
 
     def writable(self) -> bool:
@@ -220,8 +221,14 @@ class Journal:
         """Persist everything, then start a new segment after the last appended record; returns
         that record's lsn (what a snapshot taken now covers). Raises DiskError if it cannot."""
         await self.commit()
-        if self.mode == "off":
-            os.fsync(self._fd)
+        while self._flushing is not None:
+            await asyncio.shield(self._flushing)
+        # No flush is in flight and none can start before this returns (no await below): what
+        # was appended meanwhile goes into the closing segment, so it holds exactly 1..lsn.
+        if self._pending or self.mode == "off":
+            self._flush_now(fsync=True)
+            if self.error is not None:
+                raise DiskError(f"journal write failed: {self.error}")
         self._open_segment(self.lsn + 1)
         return self.lsn
 
@@ -253,15 +260,15 @@ class Replay:
                 os.fsync(f.fileno())
 
 
-def read(directory: Path, after_lsn: int) -> Replay:
-    """Every record with lsn > after_lsn, in order. A torn last record is dropped and reported; any
+def read(directory: Path, after_lsn: int, upto: int | None = None) -> Replay:
+    """Every record with after_lsn < lsn (<= upto), in order. A torn last record is dropped and reported; any
     other damage (a bad record followed by good ones, a gap in LSNs) raises JournalCorrupt.
 
     Two leftovers of a failed write are understood: an empty segment (its creation failed) holds
     nothing, and records repeated exactly (the journal moved on to a new segment after a write it
     could not cut back, and wrote them again there) count once; a torn tail just before such a
     segment is no damage. A record repeated with other contents is."""
-    files = segments(directory)
+    files = [(first, path) for first, path in segments(directory) if upto is None or first <= upto]
     out = Replay([], after_lsn)
     for index, (first, path) in enumerate(files):
         is_last = index == len(files) - 1
@@ -281,6 +288,8 @@ def read(directory: Path, after_lsn: int) -> Replay:
                 break
             if lsn <= after_lsn:
                 continue
+            if upto is not None and lsn > upto:
+                break
             if lsn <= out.last_lsn:  # a rewrite after a failed write repeats records exactly
                 if payload != out.records[lsn - after_lsn - 1]:
                     raise JournalCorrupt(f"{path.name}: record {lsn} appears twice with different contents")

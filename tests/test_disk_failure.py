@@ -300,26 +300,24 @@ async def restore_dir_copy(directory: Path) -> Any:
     return await restore_dir(copy)
 
 
-@pytest.mark.parametrize("failing", ["write", "fsync", "replace"])
-async def test_failed_forked_snapshot_answers_503_and_leaves_the_previous_one_intact(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
-) -> None:
-    """The snapshot child inherits the failing disk: POST /v1/admin/snapshot answers 503, the
-    previous snapshot is byte-identical, no temporary file is left, and serving goes on."""
+async def test_failed_snapshot_process_answers_503_and_leaves_the_previous_one_intact(tmp_path: Path) -> None:
+    """The snapshot process cannot write its file (its temporary name is taken by a directory, so
+    the open fails as on a broken disk): POST /v1/admin/snapshot answers 503, the previous snapshot
+    is byte-identical, the process leaves no file of its own, and serving goes on."""
     data = tmp_path / "data"
-    disk = Disk(monkeypatch, data, calls=(failing,), only="snapshot-")
     gw = await start(data)
     await serve_until_full(gw)
     taken = await gw.admin("POST", "snapshot")
     previous = Path(taken["path"])
     previous_bytes = previous.read_bytes()
     await gw.check(order_body("between", "u3", device="d3"))
-    disk.full = True
+    blocker = snapshot_files.snapshot_path(data, gw.coordinator.journal.lsn).with_suffix(".tmp")  # type: ignore[attr-defined]
+    blocker.mkdir()
     failed = await gw.admin("POST", "snapshot", status=503)
     assert set(failed) == {"error"} and failed["error"]["code"] == "snapshot_failed"
     assert [p for _, p in snapshot_files.snapshots(data)] == [previous]
     assert previous.read_bytes() == previous_bytes
-    assert not list(data.glob("*.tmp"))
+    assert list(data.glob("*.tmp")) == [blocker]
     # the journal is not affected: changes are still accepted and durable
     await gw.check(order_body("still", "u4", device="d4"))
     live = canonical(gw.coordinator)
@@ -329,7 +327,7 @@ async def test_failed_forked_snapshot_answers_503_and_leaves_the_previous_one_in
     assert report.snapshot == snapshot_files.snapshot_path(crashed, int(previous.stem.split("-")[1]))
     assert not report.damaged and report.torn is None
     assert canonical(restored) == live
-    disk.full = False
+    blocker.rmdir()
     await gw.client.close()
 
 

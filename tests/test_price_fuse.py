@@ -118,12 +118,12 @@ async def test_original_base_ignores_cost(gw_factory: MakeGateway) -> None:
 
 
 async def test_large_amounts_are_compared_exactly(gw_factory: MakeGateway) -> None:
-    # floor = 999999999999999 * 0.9999999 * 7 = 6999999299999993.0000007: a float reads it as
-    # 6999999299999993.0 and would let 6999999299999993 through.
-    cost = 999_999_999_999_999
+    # floor = 9999999999999 * 0.9999999 = 9999998999999.0000001: a float reads it as
+    # 9999998999999.0 and would let 9999998999999 through.
+    cost = 9_999_999_999_999
     gw = await gw_factory(fuse_config("cost", "0.9999999", cost=cost, original=cost))
-    await assert_allowed(gw, paying(6_999_999_299_999_994, quantity=7, unit_price=cost), payable=6_999_999_299_999_994)
-    await assert_fused(gw, paying(6_999_999_299_999_993, quantity=7, unit_price=cost), "S1")
+    await assert_allowed(gw, paying(9_999_999_000_000, quantity=1, unit_price=cost), payable=9_999_999_000_000)
+    await assert_fused(gw, paying(9_999_998_999_999, quantity=1, unit_price=cost), "S1")
 
 
 @pytest.mark.parametrize(("quantity", "floor"), [(1, 760), (2, 1520), (4, 3040)])

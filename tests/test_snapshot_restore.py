@@ -194,9 +194,12 @@ def state_of(coordinator: Coordinator, order_id: str) -> OrderState:
 
 
 def advance(coordinator: Coordinator, seconds: int) -> None:
+    """Move the clock as POST /v1/admin/clock does: the move is journaled, so a restart (and a
+    snapshot, which is rebuilt from the journal) continues from it."""
     clock = coordinator.clock
     assert isinstance(clock, ManualClock)
     clock.advance(seconds)
+    coordinator.journal.append(("clock", clock.now()))
 
 
 async def first_half(coordinator: Coordinator) -> None:
@@ -683,7 +686,7 @@ async def test_manual_clock_continues_from_the_restored_time(tmp_path: Path) -> 
     advance(coordinator, 100)
     await journal_of(store).close()
     restored, _ = await restore_dir(tmp_path, ManualClock(T0 + 10 * HOUR))
-    assert restored.clock.now() == T0  # the last record's time
+    assert restored.clock.now() == T0 + 100  # the last journaled time: the clock move
     assert state_of(restored, "h") is OrderState.HELD
     advance(restored, TTL)
     assert restored.expire_due(restored.clock.now()) == 1
