@@ -53,15 +53,20 @@ def segment_path(directory: Path, first_lsn: int) -> Path:
     return directory / f"journal-{first_lsn:016d}.log"
 
 
-def segments(directory: Path) -> list[tuple[int, Path]]:
-    """Segment files by their first LSN, oldest first."""
+def numbered(directory: Path, pattern: str) -> list[tuple[int, Path]]:
+    """Files named `<kind>-<number>.<ext>` matching `pattern`, by number, lowest first."""
     out = []
-    for p in directory.glob("journal-*.log"):
+    for p in directory.glob(pattern):
         try:
             out.append((int(p.stem.split("-", 1)[1]), p))
         except ValueError:
             continue
     return sorted(out)
+
+
+def segments(directory: Path) -> list[tuple[int, Path]]:
+    """Segment files by their first LSN, oldest first."""
+    return numbered(directory, "journal-*.log")
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -13,7 +13,7 @@ import hashlib
 import os
 import struct
 from pathlib import Path
-from snapshots.journal import fsync_dir
+from snapshots.journal import fsync_dir, numbered
 
 MAGIC = b"FGSNAP\x00\x01"
 VERSION = 1
@@ -32,13 +32,7 @@ def snapshot_path(directory: Path, lsn: int) -> Path:
 
 def snapshots(directory: Path) -> list[tuple[int, Path]]:
     """Snapshot files by the journal position they cover, newest first."""
-    out = []
-    for p in directory.glob("snapshot-*.fgs"):
-        try:
-            out.append((int(p.stem.split("-", 1)[1]), p))
-        except ValueError:
-            continue
-    return sorted(out, reverse=True)
+    return numbered(directory, "snapshot-*.fgs")[::-1]
 
 
 def write(directory: Path, lsn: int, body: bytes) -> Path:
