@@ -19,7 +19,7 @@ from actors.orders import Footprint
 from actors.subject import SubjectActor
 from gateway.config import Config, Sku, Spu, sku_scopes
 from gateway.schema import CheckRequest
-from gateway.subjects import Subjects, blacklist_reasons
+from gateway.subjects import Subjects, blacklist_reasons, whitelisted
 from gateway.types import (
     LIMIT_SUBJECTS,
     SEP,
@@ -266,10 +266,11 @@ def evaluate(
         clamp(t.margin),
     )
 
-    if cfg.whitelist.has("user", subj.user_id):
+    override = whitelisted(cfg, subj.user_id, ev.reasons)
+    if override is not None:
         ev.whitelisted = True
-        ev.notices.extend(Notice(code=r.code.value, message="not applied: the user is whitelisted") for r in ev.reasons)
-        ev.reasons = [reason(Code.WHITELISTED, subject="user", value=subj.user_id)]
+        ev.reasons, notices = override
+        ev.notices.extend(notices)
     elif ev.reasons:
         white_discounts = cfg.whitelist.entries["discount"]
         for i, item in enumerate(req.items):

@@ -20,7 +20,7 @@ from actors.ledger import Ledger
 from actors.orders import Order
 from gateway.changes import apply_change
 from gateway.checks import Evaluation, evaluate
-from gateway.subjects import Subjects, blacklist_reasons, order_subjects, user_key
+from gateway.subjects import Subjects, blacklist_reasons, order_subjects, user_key, whitelisted
 from gateway.clock import Clock
 from gateway.config import Config, fold_phone
 from gateway.errors import Conflict, Gone, NotFound
@@ -161,15 +161,14 @@ class Coordinator:
                         requested=1,
                     )
                 )
-        if cfg.whitelist.has("user", req.user_id):
-            notices.extend(Notice(code=r.code.value, message="not applied: the user is whitelisted") for r in reasons)
-            reasons = [reason(Code.WHITELISTED, subject="user", value=req.user_id)]
-            decision = Decision.ALLOW
-        else:
-            decision = Decision.DENY if reasons else Decision.ALLOW
+        override = whitelisted(cfg, req.user_id, reasons)
+        if override is not None:
+            reasons, bypassed = override
+            notices.extend(bypassed)
+        decision = Decision.DENY if reasons and override is None else Decision.ALLOW
         if decision is Decision.ALLOW:
-            self._claim(req.user_id, req.coupon_id)
             self.journal.append(("claim", req.user_id, req.coupon_id, now))
+            self._claim(req.user_id, req.coupon_id)
         return CheckResponse(
             order_id=None,
             decision=decision,

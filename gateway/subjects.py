@@ -12,7 +12,7 @@ from actors.ledger import Ledger
 from actors.subject import SubjectActor
 from gateway.config import Config, fold, fold_phone
 from gateway.schema import CheckRequest
-from gateway.types import REGION_DEPTH, SEP, Code, Reason, Subject, SubjectKey, reason
+from gateway.types import REGION_DEPTH, SEP, Code, Notice, Reason, Subject, SubjectKey, reason
 
 _USER = "user" + SEP
 _DEVICE = "device" + SEP
@@ -99,3 +99,12 @@ def blacklist_reasons(cfg: Config, ledger: Ledger, subj: Subjects) -> list[Reaso
         if region is not None and white.has_prefix("address", subj.prefixes) is None:
             out.append(reason(Code.BLACKLISTED, subject="address", value=region))
     return out
+
+
+def whitelisted(cfg: Config, user_id: str, reasons: list[Reason]) -> tuple[list[Reason], list[Notice]] | None:
+    """For a whitelisted user: the single reason WHITELISTED, and what would have refused them as
+    warnings. None for everyone else."""
+    if not cfg.whitelist.has("user", user_id):
+        return None
+    notices = [Notice(code=r.code.value, message="not applied: the user is whitelisted") for r in reasons]
+    return [reason(Code.WHITELISTED, subject="user", value=user_id)], notices
