@@ -2,22 +2,28 @@
 
 Components, in the order a request meets them:
 
-- `cli`: `flashguard serve` / `check-config`; builds the clock, the coordinator and the app.
-- `app`: the aiohttp application; middlewares for errors, load shedding (429) and admin auth;
-  one cleanup context that starts the expiry sweeper and stops it.
-- `routes` (checkout) and `admin` (operators): decode a body, call one coordinator method, await
-  the journal's commit, answer.
+- `cli`: `flashguard serve` / `check-config` / `replay`; builds the clock, coordinator and app.
+- `app`: the aiohttp application; middlewares for errors, load shedding (429), admin auth and the
+  disk guard (503); one cleanup context that restores the state, starts the background tasks
+  (expiry sweeper, snapshots), yields, and writes the final snapshot.
+- `routes` (checkout), `admin` (operators), `metrics` + `stats`, `console`, `openapi`: decode a
+  body, call one coordinator method, await the journal's commit, answer.
 - `codec` / `schema`: JSON and MessagePack bodies, validated into typed requests.
-- `coordinator`: the check coordinator. Evaluates an order (`checks`), decides allow / degrade /
-  deny, applies the footprint to the actors and appends a journal record, all without awaiting.
-- `checks`: every check of SPEC section 3, read-only over the actors.
-- `config` / `changes`: the configuration document, its validation, and admin changes as records.
-- `messages`: what the buyer is told. `clock`: injected time. `types`: the shared vocabulary.
+- `coordinator`: the check coordinator. Evaluates an order (`checks`, over `subjects`), decides
+  allow / degrade / deny, appends the journal record and applies the footprint to the actors,
+  all without awaiting.
+- `checks`: every check of SPEC section 3, read-only over the actors. `subjects`: who an order is
+  for, folded, and the black- and whitelists over them. `messages`: what the buyer is told.
+- `config` (the document and its validation), `values` (bounds, ids, durations, ratios, folding),
+  `lists` (black- and whitelists), `changes` (admin changes as records).
+- `decisions`: the decision log; `replay`: a rule change tried on logged traffic.
+- `clock`: injected time. `types`: the shared vocabulary. `keys`: the app's typed keys.
 - `actors/` (package beside this one): the ledger of subject, activity and SKU actors, orders and
-  the expiry heap.
-- `snapshots/`: durability (snapshots, journal, restore).
+  their footprints, sliding windows and the expiry heap.
+- `snapshots/`: the journal, snapshot files, the state document, the store (restore, snapshots)
+  and `compact`, the process that writes snapshots.
 
-A check flows one way: HTTP -> codec -> coordinator -> checks (read) -> ledger (write) ->
-journal -> response. Because the coordinator's step never awaits, the single event loop is the
-only writer and no lock exists anywhere.
+A check flows one way: HTTP -> codec -> coordinator -> checks (read) -> journal record ->
+ledger (write) -> response after the journal's commit. Because the coordinator's step never
+awaits, the single event loop is the only writer and no lock exists anywhere.
 """

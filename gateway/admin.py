@@ -16,7 +16,8 @@ from gateway.changes import validate_entry
 from gateway.subjects import auto_blacklisted
 from gateway.clock import ClockError
 from gateway.codec import decode, parse, respond
-from gateway.config import LIST_KINDS, LIST_VALUE, SECTIONS, ConfigError, Settings, build_config, convert_entry, normalize_list_value
+from gateway.config import SECTIONS, ConfigError, Settings, build_config, convert_entry
+from gateway.lists import LIST_KINDS, LIST_VALUE, normalize_list_value
 from gateway.errors import BadRequest, Conflict, NotFound, Unavailable
 from gateway.keys import COORDINATOR, DECISIONS, MANUAL_CLOCK, STORE
 from gateway.schema import ClockRequest

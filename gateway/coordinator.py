@@ -22,7 +22,8 @@ from gateway.changes import apply_change
 from gateway.checks import Evaluation, evaluate
 from gateway.subjects import Subjects, blacklist_reasons, order_subjects, user_key, whitelisted
 from gateway.clock import Clock
-from gateway.config import Config, fold_phone
+from gateway.config import Config
+from gateway.values import fold_phone
 from gateway.errors import Conflict, Gone, NotFound
 from gateway.messages import buyer_message
 from gateway.schema import CheckRequest, CheckResponse, ClaimRequest, Hold, OrderView

@@ -17,7 +17,9 @@ import msgspec
 from aiohttp import web
 
 from gateway.codec import JSON, MSGPACK
-from gateway.config import LIST_KINDS, SECTIONS, SINGLES, AutoBlacklist, Id, ListKind, ListName, ListsDoc, Settings
+from gateway.config import SECTIONS, SINGLES, AutoBlacklist, Settings
+from gateway.lists import LIST_KINDS, ListKind, ListName, ListsDoc
+from gateway.values import Id
 from gateway.schema import CheckRequest, CheckResponse, ClaimRequest, ClockRequest, OrderView
 
 routes = web.RouteTableDef()

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from gateway.config import MAX_MONEY, MAX_QUANTITY, Id, Money
+from gateway.values import MAX_MONEY, MAX_QUANTITY, Id, Money
 from gateway.types import Decision, Notice, OrderState, Reason
 
 Text = Annotated[str, msgspec.Meta(max_length=256)]

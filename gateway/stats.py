@@ -6,7 +6,7 @@ from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 
-from gateway.config import fold
+from gateway.values import fold
 from gateway.schema import CheckRequest, CheckResponse
 from gateway.types import Decision
 

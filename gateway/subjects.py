@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from actors.ledger import Ledger
 from actors.subject import SubjectActor
-from gateway.config import Config, fold, fold_phone
+from gateway.config import Config
+from gateway.values import fold, fold_phone
 from gateway.schema import CheckRequest
 from gateway.types import REGION_DEPTH, SEP, Code, Notice, Reason, Subject, SubjectKey, reason
 
