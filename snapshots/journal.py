@@ -315,13 +315,13 @@ def _frames(data: bytes, path: Path) -> Iterator[tuple[int, list[Any], int, str 
         raise JournalCorrupt(f"{path.name}: not a flashguard journal (bad magic)")
     pos = len(MAGIC)
     while pos < len(data):
-        if not data[pos:].strip(b"\0"):
-            yield 0, [], pos, f"{path.name}: a zero-filled tail at byte {pos}"
-            return
         if pos + FRAME.size > len(data):
             yield 0, [], pos, f"{path.name}: a torn frame header at byte {pos}"
             return
         length, crc = FRAME.unpack_from(data, pos)
+        if length == 0 and data.count(0, pos) == len(data) - pos:  # no record is empty: a zeroed tail
+            yield 0, [], pos, f"{path.name}: a zero-filled tail at byte {pos}"
+            return
         end = pos + FRAME.size + length
         if length > MAX_RECORD or end > len(data):
             yield 0, [], pos, f"{path.name}: a torn record at byte {pos}"
