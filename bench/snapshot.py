@@ -38,7 +38,7 @@ async def build(users: int, skus: int, holds: int, data: Path) -> tuple[Coordina
     scenario = Scenario(users=users, skus=skus, rings=0)
     config = build_config(scenario.config())
     coordinator = Coordinator(config, ManualClock(T0))
-    store = Store(data, "off")
+    store = Store(data, "batch")
     store.restore(coordinator, config)
     bodies = scenario.bodies(users, prefix="b")
     for i, body in enumerate(bodies):
@@ -49,7 +49,7 @@ async def build(users: int, skus: int, holds: int, data: Path) -> tuple[Coordina
             coordinator.confirm(req.order_id)
         if i % 10_000 == 0:
             coordinator.clock.advance(1)  # type: ignore[attr-defined]
-            await coordinator.journal.commit()  # written out (fsync off), as a server would
+            await coordinator.journal.commit()  # made durable in batches, as a server would
     return coordinator, store
 
 
