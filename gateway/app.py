@@ -17,6 +17,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import msgspec
 from aiohttp import web
 
 from gateway import admin, console, metrics, openapi, routes
@@ -115,12 +116,18 @@ async def sweep(coordinator: Coordinator, decisions: DecisionLog) -> None:
             log.exception("expiry sweep failed")
 
 
-def settle_token(auth: Auth, config: Config) -> None:
-    """FLASHGUARD_ADMIN_TOKEN, else the configuration's, else a new one printed at start."""
-    auth.token = auth.token or os.environ.get("FLASHGUARD_ADMIN_TOKEN") or config.settings.admin_token
+async def settle_token(auth: Auth, coordinator: Coordinator) -> None:
+    """FLASHGUARD_ADMIN_TOKEN, else the configuration's, else a new one, printed at start and kept
+    in the configuration (journaled), so a restart does not change it under the operators."""
+    auth.token = auth.token or os.environ.get("FLASHGUARD_ADMIN_TOKEN") or coordinator.config.settings.admin_token
     if not auth.token:
         auth.token = secrets.token_urlsafe(24)
+        settings = msgspec.to_builtins(coordinator.config.settings)
+        coordinator.change(("settings", {**settings, "admin_token": auth.token}))
+        await coordinator.journal.commit()
         print(f"admin token (set FLASHGUARD_ADMIN_TOKEN to choose one): {auth.token}", flush=True)
+    elif not os.environ.get("FLASHGUARD_ADMIN_TOKEN"):
+        log.info("admin token: the one in the configuration (printed when it was made)")
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -139,7 +146,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await coordinator.journal.commit()
         if app[SNAPSHOT_EVERY] > 0:
             tasks.append(asyncio.create_task(store.periodic(coordinator, app[SNAPSHOT_EVERY]), name="flashguard-snapshots"))
-    settle_token(app[AUTH], coordinator.config)
+    await settle_token(app[AUTH], coordinator)
     gc.collect()
     gc.freeze()  # what restore built lives for the whole run: keep it out of every collection
     yield

@@ -5,15 +5,18 @@ effect on the next check, settings, lists and the manual clock.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import make_app
-from gateway.clock import SystemClock
+from gateway.clock import ManualClock, SystemClock
 from gateway.config import build_config
 from gateway.coordinator import Coordinator
+from gateway.keys import AUTH
+from snapshots.store import Store
 from tests.conftest import ADDRESS, T0, TOKEN, Gateway, MakeGateway, base_config, discount, item, order
 
 S1 = {"sku_id": "S1", "spu_id": "P1", "category": "phone", "brand": "acme", "cost_price": 800, "original_price": 1000}
@@ -440,3 +443,22 @@ async def test_clock_is_404_without_a_manual_clock(system_clock_client: TestClie
     )
     assert resp.status == 404
     assert_error(await resp.json())
+
+
+async def test_a_generated_token_is_kept_across_restarts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no token set anywhere, the server makes one, and a restart on the same data keeps it."""
+    monkeypatch.delenv("FLASHGUARD_ADMIN_TOKEN", raising=False)
+    tokens = []
+    for _ in range(2):
+        config = build_config(base_config())
+        app = make_app(Coordinator(config, ManualClock(T0)), store=Store(tmp_path), seed=config, snapshot_every=0)
+        client: TestClient[Any, Any] = TestClient(TestServer(app))
+        await client.start_server()
+        token = app[AUTH].token
+        assert token
+        resp = await client.get("/v1/admin/config", headers={"Authorization": f"Bearer {token}"})
+        assert resp.status == 200
+        assert (await resp.json())["settings"]["admin_token"] is None  # never shown
+        tokens.append(token)
+        await client.close()
+    assert tokens[0] == tokens[1]
