@@ -6,7 +6,7 @@ from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 
-from gateway.values import fold
+from gateway.subjects import region_parts
 from gateway.schema import CheckRequest, CheckResponse
 from gateway.types import Decision
 
@@ -23,8 +23,7 @@ def region_path(req: CheckRequest) -> str | None:
     address = req.receiver.address if req.receiver is not None else None
     if address is None:
         return None
-    parts = [fold(p.replace("/", " ")) if p else "" for p in (address.province, address.city, address.district, address.town)]
-    return "/".join(parts).rstrip("/") or None
+    return "/".join(region_parts(address)) or None
 
 
 def _bump(counter: Counter[str], value: str) -> None:

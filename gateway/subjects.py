@@ -12,7 +12,7 @@ from actors.ledger import Ledger
 from actors.subject import SubjectActor
 from gateway.config import Config
 from gateway.values import fold, fold_phone
-from gateway.schema import CheckRequest
+from gateway.schema import Address, CheckRequest
 from gateway.types import REGION_DEPTH, SEP, Code, Notice, Reason, Subject, SubjectKey, reason
 
 _USER = "user" + SEP
@@ -39,6 +39,15 @@ class Subjects:
     prefixes: tuple[str, ...] = ()  # folded region paths, shortest first
 
 
+def region_parts(address: Address) -> list[str]:
+    """province/city/district/town folded, trailing missing levels dropped. A missing level in
+    between is an empty part, so a town directly under a city keeps its place."""
+    parts = [fold(p.replace("/", " ")) if p else "" for p in (address.province, address.city, address.district, address.town)]
+    while parts and not parts[-1]:
+        parts.pop()
+    return parts
+
+
 def order_subjects(req: CheckRequest) -> Subjects:
     keys: dict[Subject, SubjectKey] = {Subject.USER: _USER + req.user_id}
     out = Subjects(keys, req.user_id, device=req.device_id)
@@ -56,10 +65,7 @@ def order_subjects(req: CheckRequest) -> Subjects:
         out.phone = phone
     address = receiver.address
     if address is not None:
-        # A missing level is an empty part, so a town directly under a city keeps its place.
-        parts = [fold(p.replace("/", " ")) if p else "" for p in (address.province, address.city, address.district, address.town)]
-        while parts and not parts[-1]:
-            parts.pop()
+        parts = region_parts(address)
         prefixes: list[str] = []
         path = ""
         for part in parts:
