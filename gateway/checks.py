@@ -66,13 +66,13 @@ class Tally:
     margin: int = 0
 
 
-def _unknown(cfg: Config, ev: Evaluation, code: Code, **where: str) -> None:
-    """A SKU or activity missing from config: skip its rules, and warn or refuse per settings."""
+def unknown_entry(cfg: Config, reasons: list[Reason], notices: list[Notice], code: Code, **where: str) -> None:
+    """A SKU, activity or coupon missing from config: skip its rules, and warn or refuse per settings."""
     if cfg.settings.unknown == "deny":
-        ev.reasons.append(reason(code, **where))
+        reasons.append(reason(code, **where))
     else:
         what = next(iter(where.values()))
-        ev.notices.append(Notice(code=code.value, message=f"{what} is not configured; its rules were skipped", **where))
+        notices.append(Notice(code=code.value, message=f"{what} is not configured; its rules were skipped", **where))
 
 
 def _items(req: CheckRequest, cfg: Config, ev: Evaluation, stripped: set[tuple[int, int]]) -> Tally:
@@ -109,7 +109,7 @@ def _items(req: CheckRequest, cfg: Config, ev: Evaluation, stripped: set[tuple[i
             t.act_sku_qty[(aid, sku_id)] = t.act_sku_qty.get((aid, sku_id), 0) + q
         sku = cfg.skus.get(sku_id)
         if sku is None:
-            _unknown(cfg, ev, Code.UNKNOWN_SKU, sku_id=sku_id)
+            unknown_entry(cfg, ev.reasons, ev.notices, Code.UNKNOWN_SKU, sku_id=sku_id)
             scopes = sku_scopes(sku_id, None, None, None)
         else:
             scopes = sku.scopes
@@ -134,7 +134,7 @@ def _activities(cfg: Config, ledger: Ledger, user: SubjectActor | None, t: Tally
     for aid, amount in t.act_amount.items():
         activity = cfg.activities.get(aid)
         if activity is None:
-            _unknown(cfg, ev, Code.UNKNOWN_ACTIVITY, activity_id=aid)
+            unknown_entry(cfg, ev.reasons, ev.notices, Code.UNKNOWN_ACTIVITY, activity_id=aid)
             failed.add(aid)  # a degradable reason in deny mode; unused otherwise
             continue
         before = len(reasons)

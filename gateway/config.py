@@ -336,9 +336,9 @@ def build_config(raw: Any) -> Config:
         raise ConfigError(["the configuration must be a table/object at the top level"])
     errors: list[str] = []
     cfg = Config()
-    for key in raw:
-        if key not in SECTIONS and key not in SINGLES:
-            errors.append(f"{key}: unknown section (expected one of {', '.join([*SINGLES, *SECTIONS])})")
+    for section in raw:
+        if section not in SECTIONS and section not in SINGLES:
+            errors.append(f"{section}: unknown section (expected one of {', '.join([*SINGLES, *SECTIONS])})")
     for name, kind in SINGLES.items():
         try:
             value = convert_entry(raw.get(name, {}), kind, name)

@@ -19,7 +19,7 @@ from actors.expiry import Due
 from actors.ledger import Ledger
 from actors.orders import Order
 from gateway.changes import apply_change
-from gateway.checks import Evaluation, evaluate
+from gateway.checks import Evaluation, evaluate, unknown_entry
 from gateway.subjects import Subjects, blacklist_reasons, order_subjects, user_key, whitelisted
 from gateway.clock import Clock
 from gateway.config import Config
@@ -142,12 +142,7 @@ class Coordinator:
         notices: list[Notice] = []
         coupon = cfg.coupons.get(req.coupon_id)
         if coupon is None:
-            if cfg.settings.unknown == "deny":
-                reasons.append(reason(Code.UNKNOWN_COUPON, coupon_id=req.coupon_id))
-            else:
-                notices.append(
-                    Notice(code="UNKNOWN_COUPON", message=f"{req.coupon_id} is not configured", coupon_id=req.coupon_id)
-                )
+            unknown_entry(cfg, reasons, notices, Code.UNKNOWN_COUPON, coupon_id=req.coupon_id)
         elif coupon.per_user_limit is not None:
             user = self.ledger.subjects.get(keys[Subject.USER])
             used = user.used(key("coupon", req.coupon_id)) if user is not None else 0
@@ -214,11 +209,11 @@ class Coordinator:
         if not self.ledger.expiry.any_due(now):
             return 0
         expired = 0
-        for when, kind, key in self.ledger.expiry.pop_due(now):
+        for when, kind, ident in self.ledger.expiry.pop_due(now):
             if kind == Due.WINDOWS:
-                self.ledger.sweep_windows(key, when, now)
+                self.ledger.sweep_windows(ident, when, now)
                 continue
-            order = self.orders.get(key)
+            order = self.orders.get(ident)
             if order is not None and order.state is OrderState.HELD and order.expires_at == when:
                 self._expire(order, now)
                 self.journal.append(("expire", order.order_id, now))
