@@ -6,8 +6,9 @@ records inside its synchronous step; the HTTP layer awaits `commit()` before it 
 
 Fsync modes:
 - `always`: each commit writes and fsyncs inline, one request at a time. Loses nothing.
-- `batch` (default): group commit. One flush at a time runs in a writer thread; every record
-  appended while it runs joins the next flush, so concurrent requests share an fsync. Loses nothing.
+- `batch` (default): group commit. A writer thread writes and fsyncs whatever is pending, round
+  after round; every record appended while one round runs joins the next, so concurrent requests
+  share an fsync and the loop never waits for the disk. Loses nothing.
 - `off`: each commit write()s to the OS without fsync. Survives a crash of the process
   (kill -9), but a power loss or kernel crash may lose the last seconds of acknowledged changes.
 
@@ -19,12 +20,14 @@ and `writable()` is false until a retry succeeds. Nothing unpersisted is ever ac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import struct
+import threading
 import zlib
+from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -86,20 +89,31 @@ def fsync_dir(directory: Path) -> None:
 
 
 class Journal:
+    """Appended to by the event loop; in `batch` mode persisted by one writer thread that loops
+    for as long as records are pending: it takes whatever was appended while its previous fsync
+    ran, so the loop keeps checking while a batch is on its way to disk (a pipeline, not
+    stop-and-go). The lock guards only the pending buffer and the writer's flags; it is never held
+    across an await, and the loop holds it for a buffer append."""
+
     def __init__(self, directory: Path, next_lsn: int, mode: FsyncMode = "batch") -> None:
         self.directory = directory
         self.mode = mode
         self.lsn = next_lsn - 1  # last appended
         self.durable = self.lsn  # last known persisted (in the OS for `off`, on disk otherwise)
-        self._pending = bytearray()
-        self._pending_lsn = self.lsn
-        self._flushing: asyncio.Future[None] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flashguard-journal")
         self.error: OSError | None = None
         self.fsyncs = 0
+        self._pending = bytearray()
+        self._pending_lsn = self.lsn
         self._fd = -1
         self._size = 0
         self._abandoned = False
+        self._cond = threading.Condition()
+        self._writing = False  # the writer took pending bytes and is writing them
+        self._held = False  # after a failure the writer waits for a commit or retry
+        self._stopping = False
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._open_segment(next_lsn)
 
     def _open_segment(self, first_lsn: int) -> None:
@@ -128,9 +142,10 @@ class Journal:
 
     def append(self, record: Record) -> None:
         frame = encode(self.lsn + 1, record)  # first: a record that cannot be encoded changes nothing
-        self.lsn += 1
-        self._pending += frame
-        self._pending_lsn = self.lsn
+        with self._cond:
+            self.lsn += 1
+            self._pending += frame
+            self._pending_lsn = self.lsn
 
     def writable(self) -> bool:
         return self.error is None
@@ -140,52 +155,86 @@ class Journal:
     async def commit(self) -> None:
         """Return once every record appended so far is persisted (per the mode), or raise DiskError."""
         target = self.lsn
-        while self.durable < target:
-            if self.mode == "always":
-                self._flush_now(fsync=True)
-            elif self.mode == "off":
-                self._flush_now(fsync=False)
-            else:
-                if self._flushing is None:
-                    self._flushing = asyncio.ensure_future(self._flush_batch())
-                await asyncio.shield(self._flushing)
-            if self.error is not None and self.durable < target:
-                raise DiskError(f"journal write failed: {self.error}")
+        if self.durable >= target:
+            return
+        await self._persist(target)
+        if self.durable < target:
+            raise DiskError(f"journal write failed: {self.error}")
 
-    def _take(self) -> tuple[bytes, int]:
-        """The pending bytes, after moving to a fresh segment if a failed write could not be cut
-        back (the torn bytes stay behind in the old one; the new one rewrites those records)."""
-        if self._abandoned:
-            self._open_segment(self.durable + 1)
-            self._abandoned = False
-        data, upto = bytes(self._pending), self._pending_lsn
-        self._pending.clear()
-        return data, upto
+    async def retry(self) -> bool:
+        """Try to flush what a failure left pending; True when the journal is writable again."""
+        if self.error is not None:
+            await self._persist(self.lsn)
+        return self.error is None
+
+    async def _persist(self, target: int) -> None:
+        """One attempt to persist up to `target`: inline for `always` and `off`, by the writer for
+        `batch` (woken if it waits, released if a failure held it)."""
+        if self.mode != "batch":
+            self._flush_now(fsync=self.mode == "always")
+            return
+        if self._thread is None:
+            self._loop = asyncio.get_running_loop()
+            self._thread = threading.Thread(target=self._writer, name="flashguard-journal", daemon=True)
+            self._thread.start()
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((target, waiter))
+        with self._cond:
+            self._held = False
+            self._cond.notify()
+        await waiter
+
+    def _settle(self) -> None:
+        """In the loop, after each write: wake the commits it covered; after a failure, all of them
+        (they find their records not durable and raise DiskError)."""
+        durable, failed = self.durable, self.error is not None
+        while self._waiters and (failed or self._waiters[0][0] <= durable):
+            waiter = self._waiters.popleft()[1]
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _writer(self) -> None:
+        """The writer thread: write and fsync whatever is pending, round after round."""
+        assert self._loop is not None
+        while True:
+            with self._cond:
+                while not self._stopping and (self._held or not (self._pending or self.error is not None)):
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                self._writing = True
+            try:
+                self._flush_now(fsync=True)
+            except Exception:  # a bug, recorded as a failed write: this round's commits fail, the writer lives on
+                log.exception("the journal writer failed")
+            with self._cond:
+                self._writing = False
+                self._held = self.error is not None
+                self._cond.notify_all()
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+                self._loop.call_soon_threadsafe(self._settle)
 
     def _flush_now(self, fsync: bool) -> None:
+        """Write (and fsync) every pending record; the I/O runs outside the lock, so the loop keeps
+        appending meanwhile."""
         data = b""
         try:
-            data, upto = self._take()
+            with self._cond:
+                if self._abandoned:  # a failed write could not be cut back: continue in a fresh segment
+                    self._open_segment(self.durable + 1)
+                    self._abandoned = False
+                data, upto = bytes(self._pending), self._pending_lsn
+                self._pending.clear()
             self._write(data, fsync)
         except OSError as e:
             self._failed(data, e)
             return
+        except Exception as e:  # a bug, not the disk: keep the records and fail as for the disk
+            self._failed(data, OSError(f"the journal writer failed: {e!r}"))
+            raise
         self._done(upto, len(data))
 
-    async def _flush_batch(self) -> None:
-        data = b""
-        try:
-            data, upto = self._take()
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._write, data, True)
-        except OSError as e:
-            self._failed(data, e)
-        else:
-            self._done(upto, len(data))
-        finally:
-            self._flushing = None
-
     def _write(self, data: bytes, fsync: bool) -> None:
-        """Runs in the writer thread for `batch`: plain file I/O, no shared Python state."""
         view = memoryview(data)
         while view:
             n = os.write(self._fd, view)
@@ -194,47 +243,42 @@ class Journal:
             os.fsync(self._fd)
 
     def _done(self, upto: int, written: int) -> None:
-        self._size += written
-        self.durable = max(self.durable, upto)
-        self.fsyncs += 1
-        if self.error is not None:
-            log.warning("journal writes succeed again")
-        self.error = None
+        with self._cond:
+            self._size += written
+            self.durable = max(self.durable, upto)
+            self.fsyncs += 1
+            if self.error is not None:
+                log.warning("journal writes succeed again")
+            self.error = None
 
     def _failed(self, data: bytes, error: OSError) -> None:
         """Cut a torn write back off, keep the records pending, and refuse until a retry succeeds."""
-        if self.error is None:
-            log.error("journal write failed, answering 503 to changes until it recovers: %s", error)
-        self.error = error
-        self._pending[:0] = data
-        if not self._abandoned:
-            try:
-                os.ftruncate(self._fd, self._size)
-            except OSError:
-                self._abandoned = True  # the next attempt starts a fresh segment
-
-    async def retry(self) -> bool:
-        """Try to flush what a failure left pending; True when the journal is writable again."""
-        if self.error is None:
-            return True
-        if self._flushing is None:
-            self._flushing = asyncio.ensure_future(self._flush_batch())
-        await asyncio.shield(self._flushing)
-        return self.error is None
+        with self._cond:
+            if self.error is None:
+                log.error("journal write failed, answering 503 to changes until it recovers: %s", error)
+            self.error = error
+            self._pending[:0] = data
+            if not self._abandoned:
+                try:
+                    os.ftruncate(self._fd, self._size)
+                except OSError:
+                    self._abandoned = True  # the next attempt starts a fresh segment
 
     async def rotate(self) -> int:
         """Persist everything, then start a new segment after the last appended record; returns
         that record's lsn (what a snapshot taken now covers). Raises DiskError if it cannot."""
         await self.commit()
-        while self._flushing is not None:
-            await asyncio.shield(self._flushing)
-        # No flush is in flight and none can start before this returns (no await below): what
-        # was appended meanwhile goes into the closing segment, so it holds exactly 1..lsn.
-        if self._pending or self.mode == "off":
-            self._flush_now(fsync=True)
-            if self.error is not None:
-                raise DiskError(f"journal write failed: {self.error}")
-        self._open_segment(self.lsn + 1)
+        with self._cond:
+            # Wait out a write in flight (at most one fsync; snapshots are rare), then keep the
+            # writer out while what was appended meanwhile goes into the closing segment, so that
+            # it holds exactly 1..lsn. No await below.
+            while self._writing:
+                self._cond.wait()
+            if self._pending or self.mode == "off":
+                self._flush_now(fsync=True)
+                if self.error is not None:
+                    raise DiskError(f"journal write failed: {self.error}")
+            self._open_segment(self.lsn + 1)
         return self.lsn
 
     async def close(self) -> None:
@@ -242,10 +286,15 @@ class Journal:
             await self.commit()
         except DiskError:
             log.error("journal closed with %d unpersisted bytes", len(self._pending))
+        if self._thread is not None:
+            with self._cond:
+                self._stopping = True
+                self._cond.notify()
+            self._thread.join()
+            self._thread = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        self._executor.shutdown(wait=True)
 
 
 @dataclass(slots=True)

@@ -1,8 +1,12 @@
-"""The journal's reader on the leftovers of a crash: a zero-filled tail is a torn tail."""
+"""The journal: group commit pipelines its writes (records appended while one fsync runs go to disk
+in the next, without waiting for the loop), a bug in the writer fails its commits instead of hanging
+them, and the reader treats a zero-filled tail as a torn tail."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -40,3 +44,65 @@ def test_zeros_followed_by_a_record_are_damage_not_a_tail(tmp_path: Path) -> Non
     path.write_bytes(data[:first_end] + b"\0" * 8 + data[first_end:])
     with pytest.raises(journal.JournalCorrupt, match="followed by more records"):
         journal.read(tmp_path, 0)
+
+
+class SlowDisk:
+    """An fsync that blocks until the test releases it, recording how many bytes each one covered."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.sizes: list[int] = []
+        real_fsync = os.fsync
+
+        def fsync(fd: int) -> None:
+            self.sizes.append(os.fstat(fd).st_size)
+            self.entered.set()
+            self.release.wait(timeout=10)
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+
+
+async def test_records_appended_during_an_fsync_go_out_in_the_next_round(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    j = journal.Journal(tmp_path, 1, "batch")
+    disk = SlowDisk(monkeypatch)
+    j.append(("clock", 1))
+    first = asyncio.ensure_future(j.commit())
+    await asyncio.to_thread(disk.entered.wait, 10)  # the writer is inside the first round's fsync
+    later = []
+    for _ in range(3):
+        j.append(("clock", 2))
+        later.append(asyncio.ensure_future(j.commit()))
+    await asyncio.sleep(0.01)
+    assert not first.done() and not any(c.done() for c in later)
+    assert j.durable == 0 and j.lsn == 4
+    disk.release.set()
+    await asyncio.gather(first, *later)
+    assert j.durable == 4
+    assert j.fsyncs == 2  # one round for the first record, one for the three appended meanwhile
+    assert disk.sizes[1] > disk.sizes[0]
+    await j.close()
+    assert [r[0] for r in journal.read(tmp_path, 0).records] == ["clock"] * 4
+
+
+async def test_a_bug_in_the_writer_fails_its_commits_and_the_next_commit_retries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    j = journal.Journal(tmp_path, 1, "batch")
+    real_write = os.write
+    broken = True
+
+    def write(fd: int, data: bytes | memoryview) -> int:
+        if broken:
+            raise RuntimeError("a bug, not an I/O error")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    j.append(("clock", 1))
+    with pytest.raises(journal.DiskError, match="writer failed"):
+        await asyncio.wait_for(j.commit(), 5)
+    assert not j.writable()
+    broken = False
+    assert await asyncio.wait_for(j.retry(), 5)
+    assert j.durable == 1
+    await j.close()
+    assert len(journal.read(tmp_path, 0).records) == 1
