@@ -3,6 +3,9 @@
 `hold`, `confirm`, `release` and `claim` are the only ways state changes; each takes plain data (a
 footprint, ids) so that replaying the journal calls exactly the same code as serving a request.
 None of them awaits: an order's several actors change together, between two awaits of the loop.
+
+Subjects restored from a snapshot start `cold` (still encoded, see `ColdSubject`) and move to
+`subjects` when first read through `find` or `subject`; a key is in one of the two, never both.
 """
 
 from __future__ import annotations
@@ -11,24 +14,45 @@ from actors.activity import ActivityActor
 from actors.expiry import Due, Expiry
 from actors.orders import Footprint
 from actors.sku import SkuActor
-from actors.subject import SubjectActor
+from actors.subject import ColdSubject, SubjectActor
 from gateway.types import SubjectKey, clamp, key
 
 
 class Ledger:
-    __slots__ = ("subjects", "activities", "skus", "expiry")
+    __slots__ = ("subjects", "cold", "activities", "skus", "expiry")
 
     def __init__(self) -> None:
         self.subjects: dict[SubjectKey, SubjectActor] = {}
+        self.cold: dict[SubjectKey, ColdSubject] = {}
         self.activities: dict[str, ActivityActor] = {}
         self.skus: dict[str, SkuActor] = {}
         self.expiry = Expiry()
 
-    def subject(self, key: SubjectKey) -> SubjectActor:
+    def find(self, key: SubjectKey) -> SubjectActor | None:
+        """The subject's actor if it has one (thawed if it was cold). Reads go through here."""
         actor = self.subjects.get(key)
+        if actor is None and self.cold:
+            cold = self.cold.pop(key, None)
+            if cold is not None:
+                actor = self.subjects[key] = cold.thaw()
+        return actor
+
+    def subject(self, key: SubjectKey) -> SubjectActor:
+        """The subject's actor, created if it has none: changes go through here."""
+        actor = self.find(key)
         if actor is None:
             actor = self.subjects[key] = SubjectActor()
         return actor
+
+    def all_subjects(self) -> dict[SubjectKey, SubjectActor]:
+        """Every subject's actor, thawing the cold ones (audits and tests, not the request path)."""
+        for cold_key in list(self.cold):
+            self.find(cold_key)
+        return self.subjects
+
+    def frozen_subjects(self) -> dict[SubjectKey, ColdSubject]:
+        """Every subject in its stored form, for a snapshot (cold ones as they were read)."""
+        return {**self.cold, **{k: ColdSubject.freeze(a) for k, a in self.subjects.items()}}
 
     def activity(self, activity_id: str) -> ActivityActor:
         actor = self.activities.get(activity_id)
@@ -99,7 +123,7 @@ class Ledger:
         if confirmed is not None:
             self.unconfirm_totals(user_key, fp, confirmed)
         for skey in {*fp.subjects, *(w[0] for w in fp.windows)}:
-            subject = self.subjects.get(skey)
+            subject = self.subjects.get(skey)  # all of them were just touched: none is cold
             if subject is not None and subject.is_empty():
                 del self.subjects[skey]
 
@@ -113,7 +137,7 @@ class Ledger:
 
     def pardon(self, user_key: SubjectKey) -> None:
         """Zero a user's auto-blacklist totals: an operator took them off the blacklist."""
-        user = self.subjects.get(user_key)
+        user = self.find(user_key)
         if user is not None:
             user.discount_total = user.margin_total = 0
             user.pardons += 1
@@ -128,7 +152,7 @@ class Ledger:
 
     def sweep_windows(self, key: SubjectKey, when: int, now: int) -> None:
         """Drop a subject's stale window events (a heap entry scheduled for `when` fired)."""
-        actor = self.subjects.get(key)
+        actor = self.find(key)
         if actor is None or actor.sweep_at != when:
             return  # stale entry: the actor is gone, or a sooner sweep was scheduled since
         actor.sweep_at = 0

@@ -1,4 +1,4 @@
-"""Orders and their footprints: what one order holds, as data.
+"""Orders and their footprints: what one order holds, as data; and the book of every order.
 
 A footprint is the list of every increment an order made (subject counters, window events, activity
 budget, SKU units, auto-blacklist amounts). Holding applies it, releasing takes it back, confirming
@@ -54,3 +54,67 @@ class Order(msgspec.Struct, gc=False, array_like=True):
     response: bytes  # the first answer, msgpack-encoded: compact, and returned as is on a repeat
     updated_at: int = 0
     pardons: int = 0  # the user's pardon count when the order was confirmed (see SubjectActor)
+
+
+_order_encoder = msgspec.msgpack.Encoder()
+_order_decoder = msgspec.msgpack.Decoder(Order)
+
+
+class OrderBook:
+    """Every order by id. Orders restored from a snapshot that had settled (confirmed, cancelled,
+    expired, denied) stay in their msgpack form until something asks for one: a sale's history is
+    mostly orders nobody touches again, and decoding a million of them was half of a restore's
+    time and memory. A held order is always decoded (its expiry is due), so an order still in bytes
+    is never held."""
+
+    __slots__ = ("_orders",)
+
+    def __init__(self, orders: dict[str, Order | bytes] | None = None) -> None:
+        self._orders: dict[str, Order | bytes] = orders if orders is not None else {}
+
+    def get(self, order_id: str) -> Order | None:
+        order = self._orders.get(order_id)
+        if isinstance(order, bytes):
+            order = self._orders[order_id] = _order_decoder.decode(order)
+        return order
+
+    def __getitem__(self, order_id: str) -> Order:
+        order = self.get(order_id)
+        if order is None:
+            raise KeyError(order_id)
+        return order
+
+    def __setitem__(self, order_id: str, order: Order) -> None:
+        self._orders[order_id] = order
+
+    def __contains__(self, order_id: object) -> bool:
+        return order_id in self._orders
+
+    def __len__(self) -> int:
+        return len(self._orders)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._orders)
+
+    def values(self) -> Iterator[Order]:
+        """Every order, decoding those still in bytes (audits and tests; not the request path)."""
+        for order_id in list(self._orders):
+            yield self[order_id]
+
+    def items(self) -> Iterator[tuple[str, Order]]:
+        for order_id in list(self._orders):
+            yield order_id, self[order_id]
+
+    def held(self) -> list[Order]:
+        return [o for o in self._orders.values() if isinstance(o, Order) and o.state is OrderState.HELD]
+
+    def settled(self) -> dict[str, bytes]:
+        """The orders that are not held, in msgpack form (those never decoded as they were read)."""
+        out: dict[str, bytes] = {}
+        encode = _order_encoder.encode
+        for order_id, order in self._orders.items():
+            if isinstance(order, bytes):
+                out[order_id] = order
+            elif order.state is not OrderState.HELD:
+                out[order_id] = encode(order)
+        return out

@@ -72,3 +72,27 @@ class SubjectActor(msgspec.Struct, gc=False, array_like=True):
 
     def is_empty(self) -> bool:
         return not (self.counts or self.windows or self.discount_total or self.margin_total or self.pardons)
+
+
+class ColdSubject(msgspec.Struct, gc=False, array_like=True):
+    """A subject actor as a snapshot stored it, left encoded until something touches it (see
+    `Ledger.find`). After a restart most of a sale's millions of subjects are never touched again,
+    and decoding them all was most of a restore's time and memory. `sweep_at` sits outside the
+    blob so that the expiry heap is rebuilt without decoding it."""
+
+    sweep_at: int
+    blob: bytes
+
+    @classmethod
+    def freeze(cls, actor: SubjectActor) -> ColdSubject:
+        return cls(actor.sweep_at, _encoder.encode(actor))
+
+    def thaw(self) -> SubjectActor:
+        actor = _decoder.decode(self.blob)
+        for window in actor.windows.values():
+            window.restored()
+        return actor
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(SubjectActor)

@@ -26,7 +26,8 @@ Bucket = tuple[int, int]
 
 class Window(msgspec.Struct, gc=False, array_like=True):
     seconds: int
-    # A SortedDict when big (a dict subclass: it is stored as a msgpack map, see snapshots.state).
+    # A SortedDict when big (a dict subclass: stored as a msgpack map, decoded as a plain dict
+    # that `restored` sorts again).
     buckets: tuple[Bucket, ...] | dict[int, int] = ()
     total: int = 0
 
@@ -87,10 +88,10 @@ class Window(msgspec.Struct, gc=False, array_like=True):
             self.buckets = buckets[:i] + (((t, left),) if left > 0 else ()) + rest
         self.total -= quantity
 
-    def recount(self) -> int:
-        """The total from the buckets themselves (a snapshot's total is checked against it)."""
-        buckets = self.buckets
-        return sum(buckets.values()) if isinstance(buckets, dict) else sum(q for _, q in buckets)
+    def restored(self) -> None:
+        """After decoding: a big window's buckets come back as a plain dict."""
+        if isinstance(self.buckets, dict) and not isinstance(self.buckets, SortedDict):
+            self.buckets = SortedDict(self.buckets)
 
     def next_expiry(self) -> int | None:
         """When the oldest bucket leaves, so the sweeper can come back then."""

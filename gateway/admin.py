@@ -100,7 +100,7 @@ async def delete_list_entry(request: web.Request) -> web.Response:
     name, kind, value = request.match_info["name"], request.match_info["kind"], request.match_info["value"]
     cfg = request.app[COORDINATOR].config
     listed = cfg.list_set(name).has(kind, normalize_list_value(kind, value))  # type: ignore[arg-type]
-    user = request.app[COORDINATOR].ledger.subjects.get(key("user", value))
+    user = request.app[COORDINATOR].ledger.find(key("user", value))
     auto = name == "blacklist" and kind == "user" and user is not None and auto_blacklisted(cfg, user)
     if not listed and not auto:
         raise NotFound("not_listed", f"{value!r} is not on the {name} as a {kind}")
@@ -155,7 +155,7 @@ async def get_user(request: web.Request) -> web.Response:
     ident = request.match_info["ident"]
     cfg = coordinator.config
     now = coordinator.clock.now()
-    actor = coordinator.ledger.subjects.get(key("user", ident))
+    actor = coordinator.ledger.find(key("user", ident))
     counters: dict[str, dict[str, int]] = {"sku": {}, "spu": {}, "activity": {}, "activity_sku": {}, "coupon": {}}
     windows: list[dict[str, Any]] = []
     if actor is not None:

@@ -207,9 +207,7 @@ def _product_limits(
         shared.append((counter, q))
 
 
-def _risk_rules(
-    cfg: Config, subj: Subjects, subjects: dict[SubjectKey, SubjectActor], t: Tally, ev: Evaluation, now: int
-) -> list[tuple[SubjectKey, WindowKey, int, int]]:
+def _risk_rules(cfg: Config, subj: Subjects, ledger: Ledger, t: Tally, ev: Evaluation, now: int) -> list[tuple[SubjectKey, WindowKey, int, int]]:
     """RISK_RULE (or a shadow hit) per rule; returns the window events the order adds (once per
     window, however many rules read it)."""
     windows: list[tuple[SubjectKey, WindowKey, int, int]] = []
@@ -221,7 +219,7 @@ def _risk_rules(
         q = scope_qty.get(scope, 0)
         if not q:
             continue
-        actor = subjects.get(skey)
+        actor = ledger.find(skey)
         used = actor.window_count(wkey, now) if actor is not None else 0
         for limit, rule_id, subject_name, shadow in rules:
             if used + q > limit:
@@ -235,9 +233,8 @@ def evaluate(
     req: CheckRequest, subj: Subjects, cfg: Config, ledger: Ledger, now: int, stripped: set[tuple[int, int]]
 ) -> Evaluation:
     ev = Evaluation()
-    subjects = ledger.subjects
-    user_key = subj.keys[Subject.USER]
-    user = subjects.get(user_key)
+    find = ledger.find
+    user = find(subj.keys[Subject.USER])
 
     t = _items(req, cfg, ev, stripped)
     ev.reasons.extend(blacklist_reasons(cfg, ledger, subj))
@@ -247,13 +244,13 @@ def evaluate(
     present = [subj.keys.get(s) for s in LIMIT_SUBJECTS]
     counts_of: list[dict[CounterKey, int] | None] = []
     for skey in present:
-        actor = subjects.get(skey) if skey is not None else None
+        actor = find(skey) if skey is not None else None
         counts_of.append(None if skey is None else actor.counts if actor is not None else {})
     _product_limits(counts_of, t.sku_qty, cfg.skus, _SKU, ev.reasons, shared)
     _product_limits(counts_of, t.spu_qty, cfg.spus, _SPU, ev.reasons, shared)
     user_counts = [(intern(_ACT + aid), q) for aid, q in t.act_qty.items()]
     user_counts.extend((intern(_ACTSKU + aid + SEP + sku_id), q) for (aid, sku_id), q in t.act_sku_qty.items())
-    windows = _risk_rules(cfg, subj, subjects, t, ev, now) if cfg.rules else []
+    windows = _risk_rules(cfg, subj, ledger, t, ev, now) if cfg.rules else []
     # Tuples, not lists: a stored footprint of atomic tuples is invisible to the garbage collector.
     ev.footprint = Footprint(
         tuple(k for k in present if k is not None),  # the user first

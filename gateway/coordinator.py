@@ -17,7 +17,7 @@ import msgspec
 
 from actors.expiry import Due
 from actors.ledger import Ledger
-from actors.orders import Order
+from actors.orders import Order, OrderBook
 from gateway.changes import apply_change
 from gateway.checks import Evaluation, evaluate, unknown_entry
 from gateway.subjects import Subjects, blacklist_reasons, order_subjects, user_key, whitelisted
@@ -68,7 +68,7 @@ class Coordinator:
         self.config = config
         self.clock = clock
         self.ledger = Ledger()
-        self.orders: dict[str, Order] = {}
+        self.orders = OrderBook()
         self.held = 0  # orders in state HELD, for /metrics (see `adopt`)
         self.journal: RecordSink = journal or NoJournal()
 
@@ -144,7 +144,7 @@ class Coordinator:
         if coupon is None:
             unknown_entry(cfg, reasons, notices, Code.UNKNOWN_COUPON, coupon_id=req.coupon_id)
         elif coupon.per_user_limit is not None:
-            user = self.ledger.subjects.get(keys[Subject.USER])
+            user = self.ledger.find(keys[Subject.USER])
             used = user.used(key("coupon", req.coupon_id)) if user is not None else 0
             if used + 1 > coupon.per_user_limit:
                 reasons.append(
@@ -245,10 +245,10 @@ class Coordinator:
         self.config = apply_change(self.config, self.ledger, record)
         self.journal.append(record)
 
-    def adopt(self, config: Config, ledger: Ledger, orders: dict[str, Order]) -> None:
+    def adopt(self, config: Config, ledger: Ledger, orders: OrderBook) -> None:
         """Take over restored state (a snapshot) as a whole."""
         self.config, self.ledger, self.orders = config, ledger, orders
-        self.held = sum(1 for o in orders.values() if o.state is OrderState.HELD)
+        self.held = len(orders.held())
 
     def replay(self, record: list[Any]) -> int:
         """Apply one journal record exactly as the original call did; returns the record's time

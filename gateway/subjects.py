@@ -92,7 +92,7 @@ def blacklist_reasons(cfg: Config, ledger: Ledger, subj: Subjects) -> list[Reaso
     """BLACKLISTED for the user (listed or auto), device, phone and address (SPEC section 3)."""
     black, white = cfg.blacklist, cfg.whitelist
     out: list[Reason] = []
-    user = ledger.subjects.get(subj.keys[Subject.USER])
+    user = ledger.find(subj.keys[Subject.USER])
     if black.has("user", subj.user_id):
         out.append(reason(Code.BLACKLISTED, subject="user", value=subj.user_id))
     elif user is not None and auto_blacklisted(cfg, user):

@@ -450,24 +450,24 @@ def crafted_bodies(body: bytes) -> Iterator[tuple[str, bytes]]:
     yield "an integer", msgspec.msgpack.encode(12345)
     yield "one field short", msgspec.msgpack.encode(doc[:-1])
     yield "as a map", msgspec.msgpack.encode(dict(zip([f.name for f in msgspec.structs.fields(State)], doc)))
-    yield "format 2", msgspec.msgpack.encode(edited(format=2))
+    yield "format 1 (before settled orders were kept as bytes)", msgspec.msgpack.encode(edited(format=1))
     yield "format as a string", msgspec.msgpack.encode(edited(format="1"))
     yield "now as a float", msgspec.msgpack.encode(edited(now=1.5))
     yield "config invalid", msgspec.msgpack.encode(edited(config={"skus": "nope"}))
     yield "config unknown section", msgspec.msgpack.encode(edited(config={"weird": {}}))
     yield "subjects a list", msgspec.msgpack.encode(edited(subjects=[1, 2, 3]))
-    yield "subject counts a string", msgspec.msgpack.encode(edited(subjects={"user\x1fu1": ["x", {}, 0, 0]}))
-    yield "subject count not an int", msgspec.msgpack.encode(edited(subjects={"user\x1fu1": [{"sku\x1fS1": "1"}, {}, 0, 0]}))
-    yield "window total wrong", msgspec.msgpack.encode(
-        edited(subjects={"device\x1fd1": [{}, {"\x1f\x1f3600": [3600, [[T0, 2]], 5]}, 0, 0]})
-    )
+    yield "a subject not [sweep_at, blob]", msgspec.msgpack.encode(edited(subjects={"user\x1fu1": [{}, {}, 0, 0]}))
+    yield "a subject's sweep_at a string", msgspec.msgpack.encode(edited(subjects={"user\x1fu1": ["0", b""]}))
+    yield "a subject's blob not bytes", msgspec.msgpack.encode(edited(subjects={"user\x1fu1": [0, [{}, {}, 0, 0]]}))
     yield "activities wrong", msgspec.msgpack.encode(edited(activities={"A1": ["held", 0]}))
     yield "skus wrong", msgspec.msgpack.encode(edited(skus={"S1": ["1", 0]}))
-    orders = doc[field_index(State, "orders")]
-    assert orders, "the base state has orders"
-    held = next(o for o in orders if o[field_index_order("state")] == "held")
+    held_orders = doc[field_index(State, "held")]
+    settled = doc[field_index(State, "settled")]
+    assert held_orders and settled, "the base state has held and settled orders"
+    held = held_orders[0]
     for label, fld, value in (
         ("order state unknown", "state", "paused"),
+        ("a settled order among the holds", "state", "confirmed"),
         ("held order without footprint", "footprint", None),
         ("held order without expiry", "expires_at", None),
         ("order response not bytes", "response", 17),
@@ -476,8 +476,10 @@ def crafted_bodies(body: bytes) -> Iterator[tuple[str, bytes]]:
     ):
         bad = list(held)
         bad[field_index_order(fld)] = value
-        yield label, msgspec.msgpack.encode(edited(orders=[*orders[:-1], bad] if orders[-1] is held else [*orders, bad]))
-    yield "orders not a list", msgspec.msgpack.encode(edited(orders={"o1": 1}))
+        yield label, msgspec.msgpack.encode(edited(held=[bad, *held_orders[1:]]))
+    yield "held orders not a list", msgspec.msgpack.encode(edited(held={"o1": 1}))
+    yield "a held order also settled", msgspec.msgpack.encode(edited(settled={**settled, held[0]: next(iter(settled.values()))}))
+    yield "a settled order not bytes", msgspec.msgpack.encode(edited(settled={**settled, "o-x": [1, 2]}))
     # deep nesting, huge containers and strings
     yield "100000 nested arrays", b"\x91" * 100_000 + b"\xc0"
     yield "100000 nested arrays in the config", splice(edited(config={"settings": PLACEHOLDER}), b"\x91" * 100_000 + b"\xc0")
@@ -486,9 +488,9 @@ def crafted_bodies(body: bytes) -> Iterator[tuple[str, bytes]]:
     yield "a map declaring 2**32-1 entries", b"\xdf\xff\xff\xff\xff"
     yield "an array declaring 2**32-1 items", b"\xdd\xff\xff\xff\xff"
     yield "a str declaring 2**32-1 bytes", splice(edited(config={"settings": PLACEHOLDER}), b"\xdb\xff\xff\xff\xff")
-    yield "a bin declaring 2**32-1 bytes", splice(edited(orders=PLACEHOLDER), b"\xc6\xff\xff\xff\xff")
-    big_map = {f"user\x1fu{i}": [{}, {}, 0, 0] for i in range(200_000)}
-    yield "a huge map of subjects, one bad", msgspec.msgpack.encode(edited(subjects={**big_map, "user\x1fbad": [{}, {}, "x", 0]}))
+    yield "a bin declaring 2**32-1 bytes", splice(edited(settled={"o1": PLACEHOLDER}), b"\xc6\xff\xff\xff\xff")
+    big_map = {f"user\x1fu{i}": [0, b"\x96\x80\x80\x00\x00\x00\x00"] for i in range(200_000)}
+    yield "a huge map of subjects, one bad", msgspec.msgpack.encode(edited(subjects={**big_map, "user\x1fbad": ["x", b""]}))
     yield "a huge string in the config", msgspec.msgpack.encode(edited(config={"settings": {"locale": "x" * 8_000_000}}))
     yield "a huge string as the state", msgspec.msgpack.encode("y" * 8_000_000)
     yield "a valid state with trailing bytes", body + b"\xc0"

@@ -21,6 +21,7 @@ import msgspec
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from actors.orders import Order
 from gateway.app import make_app
 from gateway.clock import Clock, ManualClock
 from gateway.codec import digest
@@ -31,6 +32,7 @@ from gateway.schema import CheckRequest, CheckResponse, ClaimRequest
 from gateway.types import Decision, OrderState
 from snapshots import journal as journal_files
 from snapshots import snapshot as snapshot_files
+from snapshots import state as state_codec
 from snapshots.store import RestoreError, RestoreReport, Store
 from tests.conftest import ADDRESS, TOKEN, Gateway
 
@@ -125,7 +127,7 @@ def canonical(coordinator: Coordinator) -> Any:
     now = coordinator.clock.now()
     ledger = coordinator.ledger
     subjects: dict[str, Any] = {}
-    for key, actor in ledger.subjects.items():
+    for key, actor in ledger.all_subjects().items():
         live: dict[str, Any] = {}
         for wkey, window in actor.windows.items():
             pairs = window.buckets.items() if isinstance(window.buckets, dict) else window.buckets
@@ -249,12 +251,21 @@ def assert_populated(coordinator: Coordinator) -> None:
     }
     activity = coordinator.ledger.activities["A1"]
     assert (activity.held, activity.spent) == (0, 100 + 2500)
-    u3 = coordinator.ledger.subjects["user\x1fu3"]
+    u3 = coordinator.ledger.subject("user\x1fu3")
     assert (u3.discount_total, u3.margin_total) == (2500, 500 - 3 * 800)
-    assert coordinator.ledger.subjects["user\x1fu1"].counts["coupon\x1fC1"] == 1
+    assert coordinator.ledger.subject("user\x1fu1").counts["coupon\x1fC1"] == 1
     assert "S3" in coordinator.config.skus and "R2" not in coordinator.config.rules
     assert coordinator.config.blacklist.has("device", "d-bad")
     assert coordinator.config.settings.hold_ttl == "20m" and coordinator.config.settings.release_on_cancel is False
+
+
+def raw_windows(coordinator: Coordinator) -> dict[str, tuple[int, list[Any]]]:
+    """Every subject's windows as stored, old buckets and all, with its next sweep."""
+    return {
+        k: (a.sweep_at, [(w, msgspec.to_builtins(x)) for w, x in sorted(a.windows.items())])
+        for k, a in coordinator.ledger.all_subjects().items()
+        if a.windows or a.sweep_at
+    }
 
 
 def assert_same_future(original: Coordinator, restored: Coordinator) -> None:
@@ -265,6 +276,8 @@ def assert_same_future(original: Coordinator, restored: Coordinator) -> None:
         coordinator.expire_due(coordinator.clock.now())
     assert canonical(restored) == canonical(original)
     assert restored.orders["o6"].state is OrderState.EXPIRED
+    # not only the same counts: the sweeps dropped the same stale buckets (nothing leaks in memory)
+    assert raw_windows(restored) == raw_windows(original)
     for coordinator in (original, restored):
         check(coordinator, order_body("o-next", "u1", quantity=2))
     assert canonical(restored) == canonical(original)
@@ -320,6 +333,35 @@ async def test_snapshot_alone_restores_everything(tmp_path: Path) -> None:
     await journal_of(store).close()
 
 
+async def test_subjects_and_settled_orders_stay_encoded_until_used_and_behave_the_same(tmp_path: Path) -> None:
+    """A restore decodes the holds and leaves subject actors and settled orders in msgpack form
+    (time and memory); used later, each acts as if it had never left memory, and a snapshot of
+    the restored state carries the untouched ones through unchanged."""
+    coordinator, store = await open_store(tmp_path)
+    await first_half(coordinator)
+    await second_half(coordinator)
+    store.snapshot_in_process(coordinator)
+    restored, _ = await restore_dir(tmp_path)
+    stored = restored.orders._orders
+    settled = {k for k, o in coordinator.orders.items() if o.state is not OrderState.HELD}
+    assert settled and {k for k, o in stored.items() if isinstance(o, bytes)} == settled
+    assert restored.held == coordinator.held == len(restored.orders.held())
+    assert not restored.ledger.subjects and set(restored.ledger.cold) == set(coordinator.ledger.subjects)
+    # a snapshot of the restored state (as compaction takes one) carries them through unchanged
+    now = restored.clock.now()
+    again = new_coordinator(ManualClock(now))
+    again.adopt(*state_codec.decode(state_codec.encode(restored.config, restored.ledger, restored.orders, now, 1))[:3])
+    assert again.orders._orders == stored and again.ledger.cold == restored.ledger.cold
+    assert canonical(again) == canonical(coordinator)
+    # a confirmed order cancelled after the restore gives back what it took, as it would have
+    for c in (coordinator, restored):
+        assert c.cancel("o1").state is OrderState.CANCELLED
+    assert isinstance(stored["o1"], Order)
+    assert "user\x1fu1" in restored.ledger.subjects and "user\x1fu1" not in restored.ledger.cold
+    assert canonical(restored) == canonical(coordinator)
+    await journal_of(store).close()
+
+
 async def test_several_snapshots_keep_only_what_restore_needs(tmp_path: Path) -> None:
     """Older snapshots are pruned to the last KEEP, journal segments below the oldest kept one are
     deleted, and the directory still restores exactly."""
@@ -353,7 +395,7 @@ async def test_big_risk_windows_round_trip(tmp_path: Path) -> None:
         coordinator.confirm(f"w{n}")  # confirmed: it stays in the windows until they slide past it
         advance(coordinator, 30)
     await commit(coordinator)
-    window = coordinator.ledger.subjects["ip\x1f10.0.0.1"].windows
+    window = coordinator.ledger.subject("ip\x1f10.0.0.1").windows
     assert any(isinstance(w.buckets, dict) and len(w.buckets) == 80 for w in window.values())
     await store.snapshot(coordinator)
     restored, report = await restore_dir(tmp_path)
@@ -652,7 +694,7 @@ async def test_holds_whose_expiry_passed_while_down_expire_at_restore(tmp_path: 
     assert restored.orders["early"].state is OrderState.EXPIRED
     assert restored.orders["late"].state is OrderState.HELD
     assert restored.ledger.activities["A1"].held == 50
-    u1 = restored.ledger.subjects.get("user\x1fu1")
+    u1 = restored.ledger.find("user\x1fu1")
     assert u1 is None or not u1.counts
     # the expiry was journaled: a later restart agrees, even at an earlier wall time
     kinds = [(r[0], r[1]) for r in journal_records(tmp_path)]
