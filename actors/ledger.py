@@ -5,10 +5,13 @@ footprint, ids) so that replaying the journal calls exactly the same code as ser
 None of them awaits: an order's several actors change together, between two awaits of the loop.
 
 Subjects restored from a snapshot start `cold` (still encoded, see `ColdSubject`) and move to
-`subjects` when first read through `find` or `subject`; a key is in one of the two, never both.
+`subjects` when first read through `find`, `subject` or `thaw`; a key is in one of the two, never
+both. A check thaws its order's subjects first, so that its many reads are plain dict lookups.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from actors.activity import ActivityActor
 from actors.expiry import Due, Expiry
@@ -43,6 +46,12 @@ class Ledger:
         if actor is None:
             actor = self.subjects[key] = SubjectActor()
         return actor
+
+    def thaw(self, keys: Iterable[SubjectKey]) -> None:
+        """Make sure none of these subjects is cold (a no-op once nothing is)."""
+        if self.cold:
+            for k in keys:
+                self.find(k)
 
     def all_subjects(self) -> dict[SubjectKey, SubjectActor]:
         """Every subject's actor, thawing the cold ones (audits and tests, not the request path)."""

@@ -1,8 +1,9 @@
 """The checks of SPEC section 3, evaluated over the actors without changing them.
 
 `evaluate` reads the ledger and the configuration and returns every failed check (it does not
-stop at the first) together with the footprint the order would hold. It never awaits and never
-writes, so the coordinator can evaluate, decide and apply in one uninterrupted step.
+stop at the first) together with the footprint the order would hold. It never awaits and changes
+no count (it only thaws the order's cold subjects), so the coordinator can evaluate, decide and
+apply in one uninterrupted step.
 
 This is the hot path of every request: it is written as a few flat loops over plain dicts, with
 keys precomputed on the configuration entries.
@@ -207,7 +208,9 @@ def _product_limits(
         shared.append((counter, q))
 
 
-def _risk_rules(cfg: Config, subj: Subjects, ledger: Ledger, t: Tally, ev: Evaluation, now: int) -> list[tuple[SubjectKey, WindowKey, int, int]]:
+def _risk_rules(
+    cfg: Config, subj: Subjects, subjects: dict[SubjectKey, SubjectActor], t: Tally, ev: Evaluation, now: int
+) -> list[tuple[SubjectKey, WindowKey, int, int]]:
     """RISK_RULE (or a shadow hit) per rule; returns the window events the order adds (once per
     window, however many rules read it)."""
     windows: list[tuple[SubjectKey, WindowKey, int, int]] = []
@@ -219,7 +222,7 @@ def _risk_rules(cfg: Config, subj: Subjects, ledger: Ledger, t: Tally, ev: Evalu
         q = scope_qty.get(scope, 0)
         if not q:
             continue
-        actor = ledger.find(skey)
+        actor = subjects.get(skey)
         used = actor.window_count(wkey, now) if actor is not None else 0
         for limit, rule_id, subject_name, shadow in rules:
             if used + q > limit:
@@ -233,8 +236,9 @@ def evaluate(
     req: CheckRequest, subj: Subjects, cfg: Config, ledger: Ledger, now: int, stripped: set[tuple[int, int]]
 ) -> Evaluation:
     ev = Evaluation()
-    find = ledger.find
-    user = find(subj.keys[Subject.USER])
+    ledger.thaw(subj.keys.values())  # from here on, the order's subjects are all in `subjects`
+    subjects = ledger.subjects
+    user = subjects.get(subj.keys[Subject.USER])
 
     t = _items(req, cfg, ev, stripped)
     ev.reasons.extend(blacklist_reasons(cfg, ledger, subj))
@@ -244,13 +248,13 @@ def evaluate(
     present = [subj.keys.get(s) for s in LIMIT_SUBJECTS]
     counts_of: list[dict[CounterKey, int] | None] = []
     for skey in present:
-        actor = find(skey) if skey is not None else None
+        actor = subjects.get(skey) if skey is not None else None
         counts_of.append(None if skey is None else actor.counts if actor is not None else {})
     _product_limits(counts_of, t.sku_qty, cfg.skus, _SKU, ev.reasons, shared)
     _product_limits(counts_of, t.spu_qty, cfg.spus, _SPU, ev.reasons, shared)
     user_counts = [(intern(_ACT + aid), q) for aid, q in t.act_qty.items()]
     user_counts.extend((intern(_ACTSKU + aid + SEP + sku_id), q) for (aid, sku_id), q in t.act_sku_qty.items())
-    windows = _risk_rules(cfg, subj, ledger, t, ev, now) if cfg.rules else []
+    windows = _risk_rules(cfg, subj, subjects, t, ev, now) if cfg.rules else []
     # Tuples, not lists: a stored footprint of atomic tuples is invisible to the garbage collector.
     ev.footprint = Footprint(
         tuple(k for k in present if k is not None),  # the user first

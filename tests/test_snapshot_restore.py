@@ -29,7 +29,7 @@ from gateway.config import Config, build_config
 from gateway.coordinator import Coordinator
 from gateway.errors import Gone
 from gateway.schema import CheckRequest, CheckResponse, ClaimRequest
-from gateway.types import Decision, OrderState
+from gateway.types import Code, Decision, OrderState
 from snapshots import journal as journal_files
 from snapshots import snapshot as snapshot_files
 from snapshots import state as state_codec
@@ -358,6 +358,22 @@ async def test_subjects_and_settled_orders_stay_encoded_until_used_and_behave_th
         assert c.cancel("o1").state is OrderState.CANCELLED
     assert isinstance(stored["o1"], Order)
     assert "user\x1fu1" in restored.ledger.subjects and "user\x1fu1" not in restored.ledger.cold
+    assert canonical(restored) == canonical(coordinator)
+    await journal_of(store).close()
+
+
+async def test_a_check_after_a_restore_counts_what_cold_subjects_hold(tmp_path: Path) -> None:
+    """Right after a restore every subject is cold; a check still sees what each one bought."""
+    coordinator, store = await open_store(tmp_path)
+    await first_half(coordinator)  # u1 bought 1 of S1 on device d1: S1's limits are 3 per user, 4 per device
+    store.snapshot_in_process(coordinator)
+    restored, _ = await restore_dir(tmp_path)
+    assert {"user\x1fu1", "device\x1fd1"} <= set(restored.ledger.cold)
+    for c in (coordinator, restored):
+        for order_id, user, quantity, subject in (("o-user", "u1", 3, "user"), ("o-device", "u9", 4, "device")):
+            response = check(c, order_body(order_id, user, quantity=quantity))
+            assert response.decision is Decision.DENY
+            assert (Code.SKU_LIMIT, subject, 1, quantity) in [(r.code, r.subject, r.used, r.requested) for r in response.reasons]
     assert canonical(restored) == canonical(coordinator)
     await journal_of(store).close()
 
