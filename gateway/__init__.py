@@ -19,11 +19,13 @@ Components, in the order a request meets them:
 - `decisions`: the decision log; `replay`: a rule change tried on logged traffic.
 - `clock`: injected time. `types`: the shared vocabulary. `keys`: the app's typed keys.
 - `actors/` (package beside this one): the ledger of subject, activity and SKU actors, orders and
-  their footprints, sliding windows and the expiry heap.
+  their footprints, sliding windows and the expiry heap. Restored subjects and settled orders stay
+  encoded until first touched.
 - `snapshots/`: the journal, snapshot files, the state document, the store (restore, snapshots)
   and `compact`, the process that writes snapshots.
 
 A check flows one way: HTTP -> codec -> coordinator -> checks (read) -> journal record ->
 ledger (write) -> response after the journal's commit. Because the coordinator's step never
-awaits, the single event loop is the only writer and no lock exists anywhere.
+awaits, the single event loop is the only writer and no lock guards any state. (The journal's
+writer thread shares only its buffer of encoded records, under a lock held for an append.)
 """
