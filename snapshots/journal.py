@@ -173,11 +173,11 @@ class Journal:
         if self.mode != "batch":
             self._flush_now(fsync=self.mode == "always")
             return
+        self._loop = loop = asyncio.get_running_loop()  # whose commits the writer wakes
         if self._thread is None:
-            self._loop = asyncio.get_running_loop()
             self._thread = threading.Thread(target=self._writer, name="flashguard-journal", daemon=True)
             self._thread.start()
-        waiter = asyncio.get_running_loop().create_future()
+        waiter = loop.create_future()
         self._waiters.append((target, waiter))
         with self._cond:
             self._held = False

@@ -9,9 +9,11 @@ checked.
 Two parts stay encoded, one blob each, until first used: subject actors (`ColdSubject`) and
 settled orders (`OrderBook`). They are most of a sale's state and most of them are never touched
 again; decoding them all took two thirds of a restore at a million users and tripled its memory.
-Their bytes are covered by the snapshot's checksum like the rest. The expiry heap is not stored: it
-is rebuilt in one heapify from each held order's expiry and each subject's `sweep_at` (exactly the
-live entries; stale ones are not needed).
+Their bytes are covered by the snapshot's checksum like the rest; each is validated (typed) when
+it is decoded, and a check decodes its order's subjects before it changes anything.
+
+The expiry heap is not stored: it is rebuilt in one heapify from each held order's expiry and each
+subject's `sweep_at` (exactly the live entries; stale ones are not needed).
 """
 
 from __future__ import annotations

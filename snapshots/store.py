@@ -16,12 +16,9 @@ measured 0.6 s at a million users.) The final snapshot at shutdown is written in
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import logging
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,19 +59,6 @@ class SnapshotStats:
     last_fork_pause: float = 0.0  # the loop's pause to start the snapshot process
 
 
-@contextlib.contextmanager
-def collector_paused() -> Iterator[None]:
-    """Decoding millions of actors creates only objects that live on, so the cyclic collector's
-    passes over them during a restore are pure cost (a third of it at a million users)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 class Store:
     def __init__(self, directory: Path, fsync: FsyncMode = "batch") -> None:
         self.directory = directory
@@ -87,10 +71,6 @@ class Store:
         """Load the newest snapshot that verifies and replay the journal after it (up to `upto`)
         into `coordinator`, changing nothing on disk; returns the report, the replay and the
         state's time. Raises RestoreError when no consistent state can be rebuilt."""
-        with collector_paused():
-            return self._rebuild(coordinator, upto)
-
-    def _rebuild(self, coordinator: Coordinator, upto: int | None) -> tuple[RestoreReport, Replay, int]:
         report = RestoreReport()
         base_lsn = 0
         now = 0
