@@ -130,7 +130,7 @@ async def run(users: int, skus: int, holds: int, callers: int) -> dict[str, Any]
             rates[journal_on].append(await throughput(on if journal_on else off, bodies, journal_on, callers))
         with_journal, without = (statistics.fmean(rates[side]) for side in (True, False))
         assert batch.journal is not None
-        fsyncs = batch.journal.fsyncs
+        fsyncs, fsync_ms = batch.journal.fsyncs, batch.journal.write_seconds * 1000 / max(batch.journal.fsyncs, 1)
         await batch.journal.close()
         await store.close(coordinator)
         return {
@@ -148,6 +148,7 @@ async def run(users: int, skus: int, holds: int, callers: int) -> dict[str, Any]
             "checks_per_s_journal_batch": round(with_journal),
             "checks_per_s_no_journal": round(without),
             "journal_fsyncs": fsyncs,
+            "journal_fsync_ms_mean": round(fsync_ms, 2),
             "callers": callers,
             "journal_cost_pct": round((1 - with_journal / without) * 100, 1),
         }

@@ -70,6 +70,9 @@ def _durability(store: Store) -> Iterator[Metric]:
         fsyncs = CounterMetricFamily("flashguard_journal_flushes", "Journal writes (one per group commit)")
         fsyncs.add_metric([], journal.fsyncs)
         yield fsyncs
+        spent = CounterMetricFamily("flashguard_journal_write_seconds", "Time spent in the journal's write and fsync calls")
+        spent.add_metric([], journal.write_seconds)
+        yield spent
         yield GaugeMetricFamily("flashguard_journal_failed", "1 while the journal cannot write", value=0 if journal.writable() else 1)
     stats = store.stats
     taken = CounterMetricFamily("flashguard_snapshots", "Snapshots written", labels=["outcome"])

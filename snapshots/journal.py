@@ -25,6 +25,7 @@ import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from collections import deque
 from collections.abc import Iterator
@@ -102,6 +103,7 @@ class Journal:
         self.durable = self.lsn  # last known persisted (in the OS for `off`, on disk otherwise)
         self.error: OSError | None = None
         self.fsyncs = 0
+        self.write_seconds = 0.0  # spent in write() and fsync(): how slow the disk is under load
         self._pending = bytearray()
         self._pending_lsn = self.lsn
         self._fd = -1
@@ -225,7 +227,9 @@ class Journal:
                     self._abandoned = False
                 data, upto = bytes(self._pending), self._pending_lsn
                 self._pending.clear()
+            start = time.perf_counter()
             self._write(data, fsync)
+            self.write_seconds += time.perf_counter() - start
         except OSError as e:
             self._failed(data, e)
             return

@@ -1,10 +1,14 @@
-"""`GET /metrics`: decisions, reasons, latency, live holds and budgets, in Prometheus text."""
+"""`GET /metrics`: decisions, reasons, latency, live holds, budgets, journal and snapshots, in Prometheus text."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client.parser import text_string_to_metric_families
 
+from snapshots.journal import Journal
 from tests.conftest import Gateway, MakeGateway, base_config, discount, item, order
+from tests.test_snapshot_restore import start
 
 
 async def scrape(gw: Gateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -47,3 +51,22 @@ async def test_shed_requests_are_counted(gw_factory: MakeGateway) -> None:
     resp = await gw.client.post("/v1/orders/check", json=order())
     assert resp.status == 429 and resp.headers["Retry-After"] == "1"
     assert (await scrape(gw))[("flashguard_shed_total", ())] == 1
+
+
+async def test_journal_and_snapshot_figures_are_exported(tmp_path: Path) -> None:
+    """With a data directory: the journal's position, its group-commit flushes and the time its
+    writes and fsyncs took (how slow the disk is under load), and the snapshots taken."""
+    gw = await start(tmp_path)
+    try:
+        await gw.check(order())
+        await gw.admin("POST", "/snapshot")
+        m = await scrape(gw)
+        journal = gw.coordinator.journal
+        assert isinstance(journal, Journal)
+        assert m[("flashguard_journal_lsn", ())] == m[("flashguard_journal_durable_lsn", ())] == journal.lsn > 0
+        assert m[("flashguard_journal_flushes_total", ())] == journal.fsyncs >= 1
+        assert m[("flashguard_journal_write_seconds_total", ())] == journal.write_seconds > 0
+        assert m[("flashguard_journal_failed", ())] == 0
+        assert m[("flashguard_snapshots_total", (("outcome", "ok"),))] == 1
+    finally:
+        await gw.client.close()
