@@ -701,6 +701,20 @@ async def _closed(spec: PhaseSpec, index: int, slots: int, client: Client, tally
     await asyncio.gather(*(slot() for _ in range(slots)))
 
 
+async def _post(client: Client, path: bytes, body: bytes, tally: Tally, kind: str, due: float | None = None) -> tuple[int, bytes] | None:
+    """POST (at `due`, if given) and return the answer; or count why none came and return None. A
+    request still waiting when the grace period ends is cancelled: it counts as unanswered."""
+    try:
+        if due is not None:
+            await _sleep_until(due)
+        return await client.request(b"POST", path, body)
+    except asyncio.CancelledError:
+        tally.errors[f"{kind}:unanswered"] += 1
+    except Exception as e:
+        tally.errors[f"{kind}:{type(e).__name__}"] += 1
+    return None
+
+
 async def _open(spec: PhaseSpec, index: int, client: Client, tally: Tally) -> None:
     """Send each order at its intended time, whatever is still in flight."""
     assert _BODIES is not None
@@ -709,16 +723,11 @@ async def _open(spec: PhaseSpec, index: int, client: Client, tally: Tally) -> No
     pending: set[asyncio.Task[None]] = set()
 
     async def one(k: int, intended: float) -> None:
-        try:
-            status, body = await client.request(b"POST", CHECK_PATH, data[k])
-        except asyncio.CancelledError:
-            tally.errors["check:unanswered"] += 1
+        answer = await _post(client, CHECK_PATH, data[k], tally, "check")
+        if answer is None:
             tally.outcomes[k] = ERROR
             return
-        except Exception as e:
-            tally.errors[f"check:{type(e).__name__}"] += 1
-            tally.outcomes[k] = ERROR
-            return
+        status, body = answer
         done = time.monotonic()
         if not tally.answer(k, intended, done, status, body, True, bool(ring[k])) or not spec.followups:
             return
@@ -727,17 +736,11 @@ async def _open(spec: PhaseSpec, index: int, client: Client, tally: Tally) -> No
             return
         kind = action.decode()
         due = done + payment_delay(k)
-        try:
-            await _sleep_until(due)
-            status, _ = await client.request(b"POST", b"/v1/orders/%s/%s" % (ids[k].encode(), action))
-        except asyncio.CancelledError:
-            tally.errors[f"{kind}:unanswered"] += 1
+        answer = await _post(client, b"/v1/orders/%s/%s" % (ids[k].encode(), action), b"", tally, kind, due)
+        if answer is None:
             tally.follow[k] = F_ERROR
             return
-        except Exception as e:
-            tally.errors[f"{kind}:{type(e).__name__}"] += 1
-            tally.follow[k] = F_ERROR
-            return
+        status, _ = answer
         if status != 200:
             tally.errors[f"{kind}:{status}"] += 1
             tally.follow[k] = F_ERROR
