@@ -116,10 +116,12 @@ class Journal:
         self._size = 0
         self._abandoned = False
         self._cond = threading.Condition()
-        self._writing = False  # the writer took pending bytes and is writing them
         self._held = False  # after a failure the writer waits for a commit or retry
         self._stopping = False
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        # A rotation asked of the writer: the byte length of `_pending` and the lsn at which the
+        # segment ends, and the future that `rotate` awaits.
+        self._split: tuple[int, int, asyncio.Future[None]] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._open_segment(next_lsn)
@@ -181,17 +183,25 @@ class Journal:
         if self.mode != "batch":
             self._flush_now(fsync=self.mode == "always")
             return
-        self._loop = loop = asyncio.get_running_loop()  # whose commits the writer wakes
+        waiter = self._start_writer().create_future()
+        self._waiters.append((target, waiter))
+        self._wake_writer()
+        await waiter
+
+    def _start_writer(self) -> asyncio.AbstractEventLoop:
+        """The loop whose futures the writer settles (the one awaiting now); the thread starts on first use."""
+        self._loop = loop = asyncio.get_running_loop()
         if self._thread is None:
             sys.setswitchinterval(min(sys.getswitchinterval(), WRITER_SWITCH_INTERVAL))
             self._thread = threading.Thread(target=self._writer, name="flashguard-journal", daemon=True)
             self._thread.start()
-        waiter = loop.create_future()
-        self._waiters.append((target, waiter))
+        return loop
+
+    def _wake_writer(self) -> None:
+        """Wake the writer for new work, releasing it if a failure held it (the work is a retry)."""
         with self._cond:
             self._held = False
             self._cond.notify()
-        await waiter
 
     def _settle(self) -> None:
         """In the loop, after each write: wake the commits it covered; after a failure, all of them
@@ -207,43 +217,53 @@ class Journal:
         assert self._loop is not None
         while True:
             with self._cond:
-                while not self._stopping and (self._held or not (self._pending or self.error is not None)):
+                while not self._stopping and (self._held or not (self._pending or self._split or self.error is not None)):
                     self._cond.wait()
                 if self._stopping:
                     return
-                self._writing = True
             try:
                 self._flush_now(fsync=True)
             except Exception:  # a bug, recorded as a failed write: this round's commits fail, the writer lives on
                 log.exception("the journal writer failed")
             with self._cond:
-                self._writing = False
                 self._held = self.error is not None
-                self._cond.notify_all()
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
                 self._loop.call_soon_threadsafe(self._settle)
 
     def _flush_now(self, fsync: bool) -> None:
-        """Write (and fsync) every pending record; the I/O runs outside the lock, so the loop keeps
-        appending meanwhile."""
-        data = b""
+        """Write (and fsync) every pending record, or those up to a rotation's split and then switch
+        segments; the I/O runs outside the lock, so the loop keeps appending meanwhile."""
+        with self._cond:
+            split, self._split = self._split, None
+            cut, upto = (len(self._pending), self._pending_lsn) if split is None else split[:2]
+            data = bytes(self._pending[:cut])
+            del self._pending[:cut]
         try:
-            with self._cond:
-                if self._abandoned:  # a failed write could not be cut back: continue in a fresh segment
-                    self._open_segment(self.durable + 1)
-                    self._abandoned = False
-                data, upto = bytes(self._pending), self._pending_lsn
-                self._pending.clear()
+            if self._abandoned:  # a failed write could not be cut back: continue in a fresh segment
+                self._open_segment(self.durable + 1)
+                self._abandoned = False
             start = time.perf_counter()
             self._write(data, fsync)
             self.write_seconds += time.perf_counter() - start
         except OSError as e:
-            self._failed(data, e)
+            self._failed(data, e, split)
             return
         except Exception as e:  # a bug, not the disk: keep the records and fail as for the disk
-            self._failed(data, OSError(f"the journal writer failed: {e!r}"))
+            self._failed(data, OSError(f"the journal writer failed: {e!r}"), split)
             raise
         self._done(upto, len(data))
+        if split is not None:
+            self._switch(upto + 1, split[2])
+
+    def _switch(self, first_lsn: int, done: asyncio.Future[None]) -> None:
+        """The second half of a rotation, in the writer: the new segment's fsyncs (slow while a
+        snapshot's gigabyte is written back) never stall the loop."""
+        error = None
+        try:
+            self._open_segment(first_lsn)
+        except OSError as e:
+            error = DiskError(f"could not start a new journal segment: {e}")
+        self._resolve(done, error)
 
     def _write(self, data: bytes, fsync: bool) -> None:
         view = memoryview(data)
@@ -262,8 +282,11 @@ class Journal:
                 log.warning("journal writes succeed again")
             self.error = None
 
-    def _failed(self, data: bytes, error: OSError) -> None:
-        """Cut a torn write back off, keep the records pending, and refuse until a retry succeeds."""
+    def _failed(self, data: bytes, error: OSError, split: tuple[int, int, asyncio.Future[None]] | None) -> None:
+        """Cut a torn write back off, keep the records pending, and refuse until a retry succeeds;
+        a rotation waiting on this write fails."""
+        if split is not None:
+            self._resolve(split[2], DiskError(f"journal write failed: {error}"))
         with self._cond:
             if self.error is None:
                 log.error("journal write failed, answering 503 to changes until it recovers: %s", error)
@@ -276,21 +299,43 @@ class Journal:
                     self._abandoned = True  # the next attempt starts a fresh segment
 
     async def rotate(self) -> int:
-        """Persist everything, then start a new segment after the last appended record; returns
-        that record's lsn (what a snapshot taken now covers). Raises DiskError if it cannot."""
-        await self.commit()
+        """Persist every record appended so far into the current segment, then start a new one
+        after the last of them; returns that record's lsn (what a snapshot taken now covers).
+        Raises DiskError if it cannot, and the current segment stays in use. One at a time (the
+        store's snapshot lock). In `batch` mode the writer does it: the records appended while it
+        works go into the new segment, and the loop never waits for the disk."""
+        lsn = self.lsn
+        if self.mode != "batch":
+            self._flush_now(fsync=True)  # `off` too: the closing segment must be on disk
+            if self.error is not None:
+                raise DiskError(f"journal write failed: {self.error}")
+            try:
+                self._open_segment(lsn + 1)
+            except OSError as e:
+                raise DiskError(f"could not start a new journal segment: {e}") from None
+            return lsn
+        done = self._start_writer().create_future()
         with self._cond:
-            # Wait out a write in flight (at most one fsync; snapshots are rare), then keep the
-            # writer out while what was appended meanwhile goes into the closing segment, so that
-            # it holds exactly 1..lsn. No await below.
-            while self._writing:
-                self._cond.wait()
-            if self._pending or self.mode == "off":
-                self._flush_now(fsync=True)
-                if self.error is not None:
-                    raise DiskError(f"journal write failed: {self.error}")
-            self._open_segment(self.lsn + 1)
-        return self.lsn
+            assert self._split is None, "one rotation at a time"
+            self._split = (len(self._pending), lsn, done)
+        self._wake_writer()
+        await done
+        return lsn
+
+    def _resolve(self, future: asyncio.Future[None], error: Exception | None) -> None:
+        """Settle a loop's future from the writer thread (one cancelled meanwhile is left alone)."""
+
+        def settle() -> None:
+            if future.done():
+                return
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            self._loop.call_soon_threadsafe(settle)
 
     async def close(self) -> None:
         try:

@@ -1,6 +1,7 @@
 """The journal: group commit pipelines its writes (records appended while one fsync runs go to disk
-in the next, without waiting for the loop), a bug in the writer fails its commits instead of hanging
-them, and the reader treats a zero-filled tail as a torn tail."""
+in the next, without waiting for the loop), the writer switches segments for a snapshot while the
+loop goes on, a bug in the writer fails its commits instead of hanging them, and the reader treats
+a zero-filled tail as a torn tail."""
 
 from __future__ import annotations
 
@@ -106,3 +107,48 @@ async def test_a_bug_in_the_writer_fails_its_commits_and_the_next_commit_retries
     assert j.durable == 1
     await j.close()
     assert len(journal.read(tmp_path, 0).records) == 1
+
+
+async def test_a_rotation_switches_segments_in_the_writer_while_the_loop_appends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The closing segment's fsync blocks (a disk busy writing back a snapshot): the loop is not
+    held, what it appends meanwhile goes into the new segment, and the closing one holds exactly
+    the records up to the rotation's lsn."""
+    j = journal.Journal(tmp_path, 1, "batch")
+    disk = SlowDisk(monkeypatch)
+    j.append(("clock", 1))
+    j.append(("clock", 2))
+    rotation = asyncio.ensure_future(j.rotate())
+    await asyncio.to_thread(disk.entered.wait, 10)  # the writer is inside the closing segment's fsync
+    j.append(("clock", 3))
+    later = asyncio.ensure_future(j.commit())
+    await asyncio.sleep(0.01)
+    assert not rotation.done() and not later.done() and j.durable == 0
+    disk.release.set()
+    assert await rotation == 2
+    await later
+    await j.close()
+    # segments are named by their first lsn and read without gaps: the first holds 1-2, the second 3
+    assert [first for first, _ in journal.segments(tmp_path)] == [1, 3]
+    assert [r[1] for r in journal.read(tmp_path, 0).records] == [1, 2, 3]
+
+
+async def test_a_rotation_that_cannot_start_a_segment_fails_and_the_journal_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    j = journal.Journal(tmp_path, 1, "batch")
+    real_open = os.open
+    new_segment = str(journal.segment_path(tmp_path, 2))
+
+    def open_(path: str | Path, flags: int, mode: int = 0o777) -> int:
+        if os.fspath(path) == new_segment:
+            raise OSError(28, "No space left on device")
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(os, "open", open_)
+    j.append(("clock", 1))
+    with pytest.raises(journal.DiskError, match="new journal segment"):
+        await asyncio.wait_for(j.rotate(), 5)
+    assert j.writable() and j.durable == 1  # the record is on disk; only the switch failed
+    j.append(("clock", 2))
+    await asyncio.wait_for(j.commit(), 5)
+    await j.close()
+    assert [first for first, _ in journal.segments(tmp_path)] == [1]
+    assert [r[1] for r in journal.read(tmp_path, 0).records] == [1, 2]
