@@ -56,17 +56,21 @@ async def build(users: int, skus: int, holds: int, data: Path) -> tuple[Coordina
     return coordinator, store
 
 
-async def stall_during(coro: Any) -> tuple[Any, float]:
-    """Run `coro` while a 1 ms ticker measures how late the loop wakes it; (result, worst lateness)."""
-    worst = 0.0
+async def stall_during(coro: Any) -> tuple[Any, float, float]:
+    """Run `coro` while a 1 ms ticker measures how late the loop wakes it; (result, worst
+    lateness, seconds from the start to when it happened)."""
+    worst = worst_at = 0.0
     done = False
+    began = time.perf_counter()
 
     async def ticker() -> None:
-        nonlocal worst
+        nonlocal worst, worst_at
         while not done:
             t = time.perf_counter()
             await asyncio.sleep(0.001)
-            worst = max(worst, time.perf_counter() - t - 0.001)
+            late = time.perf_counter() - t - 0.001
+            if late > worst:
+                worst, worst_at = late, t - began
 
     task = asyncio.create_task(ticker())
     try:
@@ -74,7 +78,7 @@ async def stall_during(coro: Any) -> tuple[Any, float]:
     finally:
         done = True
         await task
-    return result, worst
+    return result, worst, worst_at
 
 
 async def throughput(coordinator: Coordinator, bodies: list[CheckRequest], journal_on: bool, callers: int) -> float:
@@ -104,7 +108,7 @@ async def run(users: int, skus: int, holds: int, callers: int) -> dict[str, Any]
         gc.collect()
         gc.freeze()
         live = sum(1 for o in coordinator.orders.values() if o.state.value == "held")
-        path, stall = await stall_during(store.snapshot(coordinator))
+        path, stall, stall_at = await stall_during(store.snapshot(coordinator))
         size = path.stat().st_size
         snapshot_s, fork_pause = store.stats.last_seconds, store.stats.last_fork_pause
 
@@ -147,6 +151,7 @@ async def run(users: int, skus: int, holds: int, callers: int) -> dict[str, Any]
             "snapshot_s": round(snapshot_s, 3),
             "fork_pause_ms": round(fork_pause * 1000, 2),
             "max_loop_stall_ms": round(stall * 1000, 2),
+            "max_loop_stall_at_s": round(stall_at, 2),  # after the snapshot began
             "snapshot_mb": round(size / 2**20, 1),
             "restore_s": round(restore_s, 2),
             "checks_per_s_journal_batch": round(with_journal),

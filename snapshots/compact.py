@@ -4,10 +4,14 @@ Started by the serving process (see `store.Store.snapshot`) after it moved its j
 segment: this process rebuilds the state from the newest snapshot and the closed segments, never
 touching the live one, and writes `snapshot-<LSN>.fgs`. Exit status 0 on success; on failure a
 message on stderr and status 1, and the older snapshots stay as they were.
+
+It runs at a lower CPU priority (`NICE`): a snapshot is background work that may take longer,
+while a check that waits for a CPU is a slow answer.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +21,8 @@ from gateway.coordinator import Coordinator
 from snapshots import snapshot as snapshot_files
 from snapshots.state import encode
 from snapshots.store import Store
+
+NICE = 10
 
 
 def compact(directory: Path, lsn: int) -> Path:
@@ -31,6 +37,7 @@ def compact(directory: Path, lsn: int) -> Path:
 
 
 def main(argv: list[str]) -> int:
+    os.nice(NICE)
     try:
         compact(Path(argv[0]), int(argv[1]))
     except Exception as e:  # reported to the server, which keeps the older snapshots
