@@ -283,20 +283,23 @@ class Journal:
             self.error = None
 
     def _failed(self, data: bytes, error: OSError, split: tuple[int, int, asyncio.Future[None]] | None) -> None:
-        """Cut a torn write back off, keep the records pending, and refuse until a retry succeeds;
-        a rotation waiting on this write fails."""
-        if split is not None:
-            self._resolve(split[2], DiskError(f"journal write failed: {error}"))
+        """Cut a torn write back off, keep the records pending, and refuse until a retry succeeds.
+        A rotation fails with it: the one this write was for, and one asked for meanwhile, whose
+        split no longer holds once the failed bytes are back at the front of the buffer."""
         with self._cond:
             if self.error is None:
                 log.error("journal write failed, answering 503 to changes until it recovers: %s", error)
             self.error = error
             self._pending[:0] = data
+            asked, self._split = self._split, None
             if not self._abandoned:
                 try:
                     os.ftruncate(self._fd, self._size)
                 except OSError:
                     self._abandoned = True  # the next attempt starts a fresh segment
+        for rotation in (split, asked):
+            if rotation is not None:
+                self._resolve(rotation[2], DiskError(f"journal write failed: {error}"))
 
     async def rotate(self) -> int:
         """Persist every record appended so far into the current segment, then start a new one

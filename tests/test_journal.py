@@ -152,3 +152,44 @@ async def test_a_rotation_that_cannot_start_a_segment_fails_and_the_journal_goes
     await j.close()
     assert [first for first, _ in journal.segments(tmp_path)] == [1]
     assert [r[1] for r in journal.read(tmp_path, 0).records] == [1, 2]
+
+
+async def test_a_rotation_asked_during_a_failing_write_fails_and_the_journal_stays_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write in flight when a snapshot asks for a rotation fails: its records go back in front
+    of those the rotation was to close the segment after, so the rotation fails too; after the
+    retry every record is on disk once, in order, and the next rotation works."""
+    j = journal.Journal(tmp_path, 1, "batch")
+    entered, release = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+    calls = 0
+
+    def fsync(fd: int) -> None:  # the first one blocks until released, then fails
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            entered.set()
+            release.wait(timeout=10)
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    j.append(("clock", 1))
+    first = asyncio.ensure_future(j.commit())
+    await asyncio.to_thread(entered.wait, 10)
+    j.append(("clock", 2))
+    j.append(("clock", 3))
+    rotation = asyncio.ensure_future(j.rotate())
+    await asyncio.sleep(0.01)
+    release.set()
+    for call in (first, rotation):
+        with pytest.raises(journal.DiskError):
+            await asyncio.wait_for(call, 5)
+    assert await asyncio.wait_for(j.retry(), 5) and j.durable == 3
+    assert await asyncio.wait_for(j.rotate(), 5) == 3
+    j.append(("clock", 4))
+    await asyncio.wait_for(j.commit(), 5)
+    await j.close()
+    assert [first for first, _ in journal.segments(tmp_path)] == [1, 4]
+    assert [r[1] for r in journal.read(tmp_path, 0).records] == [1, 2, 3, 4]
