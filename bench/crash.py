@@ -400,6 +400,7 @@ class Result:
             "snapshot_kills": dict(self.snapshot_kills),
             "violations": len(self.violations),
             "violation_details": self.violations[:20],
+            "data_dir": self.data_dir,  # to look into after a violation (kept with --data)
             "seconds": round(self.seconds, 1),
         }
 

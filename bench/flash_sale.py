@@ -995,9 +995,6 @@ class Servers:
         if self.rt:
             realtime(self.rt)
 
-    def alive(self) -> list[str]:
-        return [name for name, p, _ in self.procs if p.poll() is None]
-
     def dead(self) -> list[str]:
         return [f"{name} (exit {p.returncode}):\n{tail(log)}" for name, p, log in self.procs if p.poll() is not None]
 
