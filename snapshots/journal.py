@@ -99,8 +99,9 @@ class Journal:
     """Appended to by the event loop; in `batch` mode persisted by one writer thread that loops
     for as long as records are pending: it takes whatever was appended while its previous fsync
     ran, so the loop keeps checking while a batch is on its way to disk (a pipeline, not
-    stop-and-go). The lock guards only the pending buffer and the writer's flags; it is never held
-    across an await, and the loop holds it for a buffer append."""
+    stop-and-go). A snapshot's segment switch is the writer's work too (`rotate`). The lock guards
+    only the pending buffer, a rotation's split and the writer's flags; it is never held across an
+    await, and the loop holds it for a buffer append."""
 
     def __init__(self, directory: Path, next_lsn: int, mode: FsyncMode = "batch") -> None:
         self.directory = directory
