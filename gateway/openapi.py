@@ -95,6 +95,7 @@ class SnapshotTaken(msgspec.Struct):
     path: str
     bytes: int
     seconds: float
+    unchanged: bool  # nothing changed since the last snapshot: `path` is that one, not rewritten
 
 
 class DecisionsFound(msgspec.Struct):

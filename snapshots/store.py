@@ -66,6 +66,7 @@ class Store:
         self.journal: Journal | None = None
         self.stats = SnapshotStats()
         self._lock = asyncio.Lock()
+        self._last: tuple[int, Path] | None = None  # the journal position and file of the last snapshot written here
 
     def rebuild(self, coordinator: Coordinator, upto: int | None = None) -> tuple[RestoreReport, Replay, int]:
         """Load the newest snapshot that verifies and replay the journal after it (up to `upto`)
@@ -127,12 +128,24 @@ class Store:
         coordinator.expire_due(coordinator.clock.now())  # holds that ran out while the server was down
         return report
 
+    def unchanged(self) -> Path | None:
+        """The snapshot this process wrote last, if nothing was journaled since and the file is
+        still there. Taking another would write the same state again: at a million users, two
+        minutes of a core every `--snapshot-every` on a server that sits idle."""
+        journal = self._journal()
+        if self._last is not None and self._last[0] == journal.lsn and self._last[1].exists():
+            return self._last[1]
+        return None
+
     async def snapshot(self, coordinator: Coordinator) -> Path:
         """Write a snapshot without pausing the loop: the journal moves to a new segment, and a
         separate process (`python -m snapshots.compact`) rebuilds the state from the last
-        snapshot and the closed segments, and writes it. Returns the snapshot's path."""
+        snapshot and the closed segments, and writes it. Returns the snapshot's path (the last
+        one's, when nothing changed since: see `unchanged`)."""
         journal = self._journal()
         async with self._lock:
+            if (path := self.unchanged()) is not None:
+                return path
             start = time.perf_counter()
             lsn = await journal.rotate()
             spawn = time.perf_counter()
@@ -148,14 +161,15 @@ class Store:
             path = snapshot_files.snapshot_path(self.directory, lsn)
             # Off the loop: unlinking a gigabyte of old journal takes the file system a while.
             await asyncio.get_running_loop().run_in_executor(None, self._retire, path, time.perf_counter() - start)
+            self._last = (lsn, path)
             return path
 
     def snapshot_in_process(self, coordinator: Coordinator) -> Path:
         """The final snapshot at shutdown: nothing else runs, so no fork is needed."""
-        journal = self._journal()
-        lsn = journal.lsn
+        lsn = self._journal().lsn
         path = snapshot_files.write(self.directory, lsn, self._dump(coordinator, lsn))
         self._retire(path, 0.0)
+        self._last = (lsn, path)
         return path
 
     def _dump(self, coordinator: Coordinator, lsn: int) -> bytes:
@@ -176,6 +190,8 @@ class Store:
     async def periodic(self, coordinator: Coordinator, every: float) -> None:
         while True:
             await asyncio.sleep(every)
+            if self.unchanged() is not None:
+                continue  # nothing to write (see `unchanged`)
             try:
                 path = await self.snapshot(coordinator)
                 log.info("snapshot %s written", path.name)
@@ -189,8 +205,12 @@ class Store:
         async with self._lock:
             try:
                 await journal.commit()
-                path = self.snapshot_in_process(coordinator)
-                log.info("final snapshot %s written", path.name)
+                path = self.unchanged()
+                if path is None:
+                    path = self.snapshot_in_process(coordinator)
+                    log.info("final snapshot %s written", path.name)
+                else:
+                    log.info("final snapshot: %s holds the state already", path.name)
             except OSError as e:
                 log.error("final snapshot failed (%s); the journal holds every change", e)
             await journal.close()

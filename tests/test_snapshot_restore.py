@@ -400,6 +400,40 @@ async def test_several_snapshots_keep_only_what_restore_needs(tmp_path: Path) ->
     await journal_of(store).close()
 
 
+async def test_a_snapshot_with_nothing_changed_since_the_last_is_not_written_again(tmp_path: Path) -> None:
+    """An idle server's periodic snapshots, and its final one, would rewrite the same state: the
+    last snapshot stands (unless its file is gone), and the next change makes a new one."""
+    coordinator, store = await open_store(tmp_path, fsync="batch")
+    check(coordinator, order_body("s1", "u1"))
+    await commit(coordinator)
+    first = await store.snapshot(coordinator)
+    written = first.stat().st_mtime_ns
+    assert await store.snapshot(coordinator) == first
+    assert store.stats.taken == 1 and first.stat().st_mtime_ns == written
+    check(coordinator, order_body("s2", "u2", device="d2"))
+    await commit(coordinator)
+    second = await store.snapshot(coordinator)
+    assert second != first and store.stats.taken == 2
+    second.unlink()  # an operator removed it: it is written again (from the first and the journal)
+    assert await store.snapshot(coordinator) == second and second.exists() and store.stats.taken == 3
+    assert await store.close(coordinator) == second and store.stats.taken == 3  # the final snapshot too
+    restored, report = await restore_dir(tmp_path)
+    assert report.snapshot == second and canonical(restored) == canonical(coordinator)
+
+
+async def test_http_snapshot_request_says_when_nothing_changed(tmp_path: Path) -> None:
+    gw = await start(tmp_path)
+    await gw.check(order_body("h1", "u1"))
+    taken = await gw.admin("POST", "snapshot")
+    assert taken["unchanged"] is False and taken["bytes"] == Path(taken["path"]).stat().st_size
+    again = await gw.admin("POST", "snapshot")
+    assert again == {**taken, "seconds": 0.0, "unchanged": True}
+    await gw.check(order_body("h2", "u2", device="d2"))
+    fresh = await gw.admin("POST", "snapshot")
+    assert fresh["unchanged"] is False and fresh["path"] != taken["path"]
+    await gw.client.close()
+
+
 async def test_big_risk_windows_round_trip(tmp_path: Path) -> None:
     """Windows past their small form (a sorted map of many seconds) restore exactly and keep
     sliding: buckets leave at the same moments in the original and the restored state."""
