@@ -160,23 +160,22 @@ class Store:
                 raise SnapshotFailed(f"the snapshot process failed ({detail[0]}); older snapshots are intact")
             path = snapshot_files.snapshot_path(self.directory, lsn)
             # Off the loop: unlinking a gigabyte of old journal takes the file system a while.
-            await asyncio.get_running_loop().run_in_executor(None, self._retire, path, time.perf_counter() - start)
-            self._last = (lsn, path)
+            await asyncio.get_running_loop().run_in_executor(None, self._retire, lsn, path, time.perf_counter() - start)
             return path
 
     def snapshot_in_process(self, coordinator: Coordinator) -> Path:
         """The final snapshot at shutdown: nothing else runs, so no fork is needed."""
         lsn = self._journal().lsn
         path = snapshot_files.write(self.directory, lsn, self._dump(coordinator, lsn))
-        self._retire(path, 0.0)
-        self._last = (lsn, path)
+        self._retire(lsn, path, 0.0)
         return path
 
     def _dump(self, coordinator: Coordinator, lsn: int) -> bytes:
         return encode(coordinator.config, coordinator.ledger, coordinator.orders, coordinator.clock.now(), lsn)
 
-    def _retire(self, path: Path, seconds: float) -> None:
+    def _retire(self, lsn: int, path: Path, seconds: float) -> None:
         """Record a snapshot taken; drop old snapshots and the journal segments none of the kept ones need."""
+        self._last = (lsn, path)
         self.stats.taken += 1
         self.stats.last_seconds = seconds
         oldest = snapshot_files.prune(self.directory)
