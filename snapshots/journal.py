@@ -29,7 +29,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -215,7 +215,6 @@ class Journal:
 
     def _writer(self) -> None:
         """The writer thread: write and fsync whatever is pending, round after round."""
-        assert self._loop is not None
         while True:
             with self._cond:
                 while not self._stopping and (self._held or not (self._pending or self._split or self.error is not None)):
@@ -228,8 +227,7 @@ class Journal:
                 log.exception("the journal writer failed")
             with self._cond:
                 self._held = self.error is not None
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-                self._loop.call_soon_threadsafe(self._settle)
+            self._in_loop(self._settle)
 
     def _flush_now(self, fsync: bool) -> None:
         """Write (and fsync) every pending record, or those up to a rotation's split and then switch
@@ -309,25 +307,21 @@ class Journal:
         store's snapshot lock). In `batch` mode the writer does it: the records appended while it
         works go into the new segment, and the loop never waits for the disk."""
         lsn = self.lsn
-        if self.mode != "batch":
-            self._flush_now(fsync=True)  # `off` too: the closing segment must be on disk
-            if self.error is not None:
-                raise DiskError(f"journal write failed: {self.error}")
-            try:
-                self._open_segment(lsn + 1)
-            except OSError as e:
-                raise DiskError(f"could not start a new journal segment: {e}") from None
-            return lsn
-        done = self._start_writer().create_future()
+        self._loop = asyncio.get_running_loop()
+        done = self._loop.create_future()
         with self._cond:
             assert self._split is None, "one rotation at a time"
             self._split = (len(self._pending), lsn, done)
-        self._wake_writer()
+        if self.mode == "batch":
+            self._start_writer()
+            self._wake_writer()
+        else:
+            self._flush_now(fsync=True)  # `off` too: the closing segment must be on disk
         await done
         return lsn
 
     def _resolve(self, future: asyncio.Future[None], error: Exception | None) -> None:
-        """Settle a loop's future from the writer thread (one cancelled meanwhile is left alone)."""
+        """Settle a rotation's future from the thread that switched (one cancelled meanwhile is left alone)."""
 
         def settle() -> None:
             if future.done():
@@ -337,9 +331,13 @@ class Journal:
             else:
                 future.set_exception(error)
 
+        self._in_loop(settle)
+
+    def _in_loop(self, callback: Callable[[], None]) -> None:
+        """Run `callback` in the loop that awaits the journal (safe from the writer thread)."""
         assert self._loop is not None
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-            self._loop.call_soon_threadsafe(settle)
+            self._loop.call_soon_threadsafe(callback)
 
     async def close(self) -> None:
         try:
