@@ -107,7 +107,7 @@ async def run(users: int, skus: int, holds: int, callers: int) -> dict[str, Any]
         built = time.perf_counter() - start
         gc.collect()
         gc.freeze()
-        live = sum(1 for o in coordinator.orders.values() if o.state.value == "held")
+        live = coordinator.held
         path, stall, stall_at = await stall_during(store.snapshot(coordinator))
         size = path.stat().st_size
         snapshot_s, fork_pause = store.stats.last_seconds, store.stats.last_fork_pause

@@ -222,12 +222,12 @@ async def take_snapshot(request: web.Request) -> web.Response:
     store = request.app.get(STORE)
     if store is None:
         raise Conflict("no_data_directory", "this gateway runs without a data directory")
-    path = store.unchanged()
-    if path is not None:  # nothing changed since the last one: it is the snapshot of now
-        return respond(request, {"path": str(path), "bytes": path.stat().st_size, "seconds": 0.0, "unchanged": True})
-    try:
-        path = await store.snapshot(request.app[COORDINATOR])
-    except (SnapshotFailed, OSError) as e:
-        raise Unavailable("snapshot_failed", f"the snapshot could not be written: {e}") from None
-    seconds = round(store.stats.last_seconds, 4)
-    return respond(request, {"path": str(path), "bytes": path.stat().st_size, "seconds": seconds, "unchanged": False})
+    path = store.unchanged()  # nothing changed since the last one: it is the snapshot of now
+    unchanged = path is not None
+    if path is None:
+        try:
+            path = await store.snapshot(request.app[COORDINATOR])
+        except (SnapshotFailed, OSError) as e:
+            raise Unavailable("snapshot_failed", f"the snapshot could not be written: {e}") from None
+    seconds = 0.0 if unchanged else round(store.stats.last_seconds, 4)
+    return respond(request, {"path": str(path), "bytes": path.stat().st_size, "seconds": seconds, "unchanged": unchanged})
