@@ -29,7 +29,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -123,6 +123,8 @@ class Journal:
         # A rotation asked of the writer: the byte length of `_pending` and the lsn at which the
         # segment ends, and the future that `rotate` awaits.
         self._split: tuple[int, int, asyncio.Future[None]] | None = None
+        # Rotations the writer finished (or failed), settled with the commits of the same round.
+        self._rotated: list[tuple[asyncio.Future[None], DiskError | None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._open_segment(next_lsn)
@@ -205,16 +207,28 @@ class Journal:
             self._cond.notify()
 
     def _settle(self) -> None:
-        """In the loop, after each write: wake the commits it covered; after a failure, all of them
-        (they find their records not durable and raise DiskError)."""
+        """In the loop, after each round: wake the commits it covered (after a failure, all of
+        them: they find their records not durable and raise DiskError) and the rotation it
+        finished. Together and only now, so that whoever learns of a failure finds the writer
+        already held by it, and a retry is a new round rather than this one."""
         durable, failed = self.durable, self.error is not None
         while self._waiters and (failed or self._waiters[0][0] <= durable):
             waiter = self._waiters.popleft()[1]
             if not waiter.done():
                 waiter.set_result(None)
+        with self._cond:
+            rotated, self._rotated = self._rotated, []
+        for future, error in rotated:
+            if future.done():  # cancelled meanwhile
+                continue
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
 
     def _writer(self) -> None:
         """The writer thread: write and fsync whatever is pending, round after round."""
+        assert self._loop is not None
         while True:
             with self._cond:
                 while not self._stopping and (self._held or not (self._pending or self._split or self.error is not None)):
@@ -227,7 +241,8 @@ class Journal:
                 log.exception("the journal writer failed")
             with self._cond:
                 self._held = self.error is not None
-            self._in_loop(self._settle)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+                self._loop.call_soon_threadsafe(self._settle)
 
     def _flush_now(self, fsync: bool) -> None:
         """Write (and fsync) every pending record, or those up to a rotation's split and then switch
@@ -262,7 +277,8 @@ class Journal:
             self._open_segment(first_lsn)
         except OSError as e:
             error = DiskError(f"could not start a new journal segment: {e}")
-        self._resolve(done, error)
+        with self._cond:
+            self._rotated.append((done, error))
 
     def _write(self, data: bytes, fsync: bool) -> None:
         view = memoryview(data)
@@ -296,9 +312,9 @@ class Journal:
                     os.ftruncate(self._fd, self._size)
                 except OSError:
                     self._abandoned = True  # the next attempt starts a fresh segment
-        for rotation in (split, asked):
-            if rotation is not None:
-                self._resolve(rotation[2], DiskError(f"journal write failed: {error}"))
+            for rotation in (split, asked):
+                if rotation is not None:
+                    self._rotated.append((rotation[2], DiskError(f"journal write failed: {error}")))
 
     async def rotate(self) -> int:
         """Persist every record appended so far into the current segment, then start a new one
@@ -307,37 +323,21 @@ class Journal:
         store's snapshot lock). In `batch` mode the writer does it: the records appended while it
         works go into the new segment, and the loop never waits for the disk."""
         lsn = self.lsn
-        self._loop = asyncio.get_running_loop()
-        done = self._loop.create_future()
+        done = asyncio.get_running_loop().create_future()
+        if self.mode == "batch":
+            self._start_writer()
         with self._cond:
             assert self._split is None, "one rotation at a time"
             self._split = (len(self._pending), lsn, done)
-        if self.mode == "batch":
-            self._start_writer()
-            self._wake_writer()
-        else:
+            # Woken in the same step: a wake after the writer took the split would release it from
+            # a failure of that very round and start another, whose outcome a retry would get.
+            self._held = False
+            self._cond.notify()
+        if self.mode != "batch":
             self._flush_now(fsync=True)  # `off` too: the closing segment must be on disk
+            self._settle()
         await done
         return lsn
-
-    def _resolve(self, future: asyncio.Future[None], error: Exception | None) -> None:
-        """Settle a rotation's future from the thread that switched (one cancelled meanwhile is left alone)."""
-
-        def settle() -> None:
-            if future.done():
-                return
-            if error is None:
-                future.set_result(None)
-            else:
-                future.set_exception(error)
-
-        self._in_loop(settle)
-
-    def _in_loop(self, callback: Callable[[], None]) -> None:
-        """Run `callback` in the loop that awaits the journal (safe from the writer thread)."""
-        assert self._loop is not None
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-            self._loop.call_soon_threadsafe(callback)
 
     async def close(self) -> None:
         try:

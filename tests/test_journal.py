@@ -193,3 +193,29 @@ async def test_a_rotation_asked_during_a_failing_write_fails_and_the_journal_sta
     await j.close()
     assert [first for first, _ in journal.segments(tmp_path)] == [1, 4]
     assert [r[1] for r in journal.read(tmp_path, 0).records] == [1, 2, 3, 4]
+
+
+async def test_a_failed_rotation_is_reported_after_its_round_so_a_retry_right_away_is_a_new_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A snapshot's rotation fails on a full disk; the disk recovers and the very next call retries.
+    The retry must be a round of its own, not one that learns the failed round's outcome."""
+    j = journal.Journal(tmp_path, 1, "batch")
+    real_fsync = os.fsync
+    full = True
+
+    def fsync(fd: int) -> None:
+        if full:
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    for n in range(20):
+        full = True
+        j.append(("clock", n))
+        with pytest.raises(journal.DiskError):
+            await asyncio.wait_for(j.rotate(), 5)
+        full = False
+        assert await asyncio.wait_for(j.retry(), 5), f"round {n}: the retry was told of the failed round"
+    await j.close()
+    assert [r[1] for r in journal.read(tmp_path, 0).records] == list(range(20))
