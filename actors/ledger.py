@@ -18,7 +18,7 @@ from actors.expiry import Due, Expiry
 from actors.orders import Footprint
 from actors.sku import SkuActor
 from actors.subject import ColdSubject, SubjectActor
-from gateway.types import SubjectKey, clamp, key
+from gateway.types import CounterKey, SubjectKey, clamp, counter_key
 
 
 class Ledger:
@@ -78,13 +78,9 @@ class Ledger:
     def hold(self, t: int, fp: Footprint) -> None:
         subjects = self.subjects
         for skey in fp.subjects:  # the hot loop of every allowed order: kept inline
-            counts = (subjects.get(skey) or self.subject(skey)).counts
-            for counter, qty in fp.shared:
-                counts[counter] = counts.get(counter, 0) + qty
+            add(subjects.get(skey) or self.subject(skey), fp.shared)
         if fp.user:
-            counts = self.subject(fp.subjects[0]).counts
-            for counter, qty in fp.user:
-                counts[counter] = counts.get(counter, 0) + qty
+            add(self.subject(fp.subjects[0]), fp.user)
         for skey, wkey, seconds, qty in fp.windows:
             actor = subjects.get(skey) or self.subject(skey)
             if actor.window_add(wkey, seconds, t, qty):
@@ -152,7 +148,7 @@ class Ledger:
             user.pardons += 1
 
     def claim(self, user_key: SubjectKey, coupon_id: str) -> None:
-        self.subject(user_key).add(key("coupon", coupon_id), 1)
+        self.subject(user_key).add(counter_key("coupon", coupon_id), 1)
 
     def schedule_sweep(self, key: SubjectKey, actor: SubjectActor, when: int) -> None:
         if not actor.sweep_at or when < actor.sweep_at:
@@ -170,3 +166,13 @@ class Ledger:
             self.schedule_sweep(key, actor, soonest)
         elif actor.is_empty():
             del self.subjects[key]
+
+
+def add(actor: SubjectActor, increments: tuple[tuple[CounterKey, int], ...]) -> None:
+    """Add an order's counter increments (each counter once) to a subject."""
+    counts = actor.counts
+    if not counts:
+        counts.update(increments)  # the subject's first order (the usual case in a sale): one C call
+        return
+    for counter, qty in increments:
+        counts[counter] = counts.get(counter, 0) + qty

@@ -44,11 +44,11 @@ class SubjectActor(msgspec.Struct, gc=False, array_like=True):
     def window_add(self, key: WindowKey, seconds: int, t: int, quantity: int) -> bool:
         """Count an order in a window; True when the window is new (its expiry needs scheduling)."""
         window = self.windows.get(key)
-        created = window is None
         if window is None:
-            window = self.windows[key] = Window(seconds)
+            self.windows[key] = Window(seconds, ((t, quantity),), quantity)
+            return True
         window.add(t, quantity)
-        return created
+        return False
 
     def window_remove(self, key: WindowKey, t: int, quantity: int) -> None:
         window = self.windows.get(key)

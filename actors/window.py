@@ -48,7 +48,10 @@ class Window(msgspec.Struct, gc=False, array_like=True):
             self.buckets = buckets[k:]
 
     def count(self, now: int) -> int:
-        self.prune(now)
+        buckets = self.buckets
+        # The usual case, without a call: a small window whose oldest second is still inside it.
+        if buckets.__class__ is not tuple or (buckets and buckets[0][0] <= now - self.seconds):
+            self.prune(now)
         return self.total
 
     def add(self, t: int, quantity: int) -> None:
@@ -57,9 +60,14 @@ class Window(msgspec.Struct, gc=False, array_like=True):
         if isinstance(buckets, dict):
             buckets[t] = buckets.get(t, 0) + quantity
             return
-        if buckets and buckets[-1][0] == t:  # the usual case: another order in the same second
-            self.buckets = buckets[:-1] + ((t, buckets[-1][1] + quantity),)
-            return
+        if buckets:  # the usual cases: another order in the last second, or in a later one
+            last, held = buckets[-1]
+            if last == t:
+                self.buckets = buckets[:-1] + ((t, held + quantity),)
+                return
+            if last < t and len(buckets) < SMALL:
+                self.buckets = buckets + ((t, quantity),)
+                return
         i = bisect_left(buckets, (t,))
         if i < len(buckets) and buckets[i][0] == t:
             self.buckets = buckets[:i] + ((t, buckets[i][1] + quantity),) + buckets[i + 1 :]

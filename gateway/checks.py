@@ -12,7 +12,6 @@ keys precomputed on the configuration entries.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from sys import intern
 from dataclasses import dataclass, field
 
 from actors.ledger import Ledger
@@ -23,7 +22,6 @@ from gateway.schema import CheckRequest
 from gateway.subjects import Subjects, blacklist_reasons, whitelisted
 from gateway.types import (
     LIMIT_SUBJECTS,
-    SEP,
     Code,
     CounterKey,
     Notice,
@@ -32,13 +30,10 @@ from gateway.types import (
     SubjectKey,
     WindowKey,
     clamp,
+    counter_key,
     reason,
 )
 
-_ACT = "act" + SEP
-_ACTSKU = "actsku" + SEP
-_SKU = "sku" + SEP
-_SPU = "spu" + SEP
 
 @dataclass(slots=True)
 class Evaluation:
@@ -152,7 +147,7 @@ def _activities(cfg: Config, ledger: Ledger, user: SubjectActor | None, t: Tally
         limit = activity.user_limit
         if limit is not None:
             q = t.act_qty[aid]
-            used = counts.get(_ACT + aid, 0)
+            used = counts.get(counter_key("act", aid), 0)
             if used + q > limit:
                 reasons.append(
                     reason(Code.ACTIVITY_USER_LIMIT, activity_id=aid, subject="user", limit=limit, used=used, requested=q)
@@ -162,7 +157,7 @@ def _activities(cfg: Config, ledger: Ledger, user: SubjectActor | None, t: Tally
                 sku_limit = activity.sku_limits.get(sku_id) if act_id == aid else None
                 if sku_limit is None:
                     continue
-                used = counts.get(_ACTSKU + aid + SEP + sku_id, 0)
+                used = counts.get(counter_key("actsku", aid, sku_id), 0)
                 if used + q > sku_limit:
                     reasons.append(
                         reason(
@@ -184,27 +179,29 @@ def _product_limits(
     counts_of: list[dict[CounterKey, int] | None],
     quantities: dict[str, int],
     entries: Mapping[str, Sku | Spu],
-    prefix: str,
+    kind: str,
     reasons: list[Reason],
     shared: list[tuple[CounterKey, int]],
 ) -> None:
     """SKU_LIMIT / SPU_LIMIT per subject (`counts_of`: each limit subject's counters, None when the
     order names no such subject). Every present subject counts the order either way, so a limit
     added mid-sale already knows what each buyer has bought."""
-    is_sku = prefix is _SKU
+    is_sku = kind == "sku"
     for ident, q in quantities.items():
-        counter = intern(prefix + ident)  # one string per counter however many actors hold it
         entry = entries.get(ident)
-        if entry is not None:
-            for index, subject, limit in entry.limits.pairs:
-                counts = counts_of[index]
-                if counts is None:
-                    continue
-                used = counts.get(counter, 0)
-                if used + q > limit:
-                    where = {"sku_id": ident} if is_sku else {"spu_id": ident}
-                    code = Code.SKU_LIMIT if is_sku else Code.SPU_LIMIT
-                    reasons.append(reason(code, subject=subject.value, limit=limit, used=used, requested=q, **where))
+        if entry is None:
+            shared.append((counter_key(kind, ident), q))
+            continue
+        counter = entry.counter
+        for index, subject, limit in entry.limits.pairs:
+            counts = counts_of[index]
+            if counts is None:
+                continue
+            used = counts.get(counter, 0)
+            if used + q > limit:
+                where = {"sku_id": ident} if is_sku else {"spu_id": ident}
+                code = Code.SKU_LIMIT if is_sku else Code.SPU_LIMIT
+                reasons.append(reason(code, subject=subject.value, limit=limit, used=used, requested=q, **where))
         shared.append((counter, q))
 
 
@@ -215,7 +212,7 @@ def _risk_rules(
     window, however many rules read it)."""
     windows: list[tuple[SubjectKey, WindowKey, int, int]] = []
     keys, scope_qty = subj.keys, t.scope_qty
-    for subject, scope, wkey, seconds, rules in cfg.rule_plan():
+    for subject, scope, wkey, seconds, lowest, rules in cfg.rule_plan():
         skey = keys.get(subject)
         if skey is None:
             continue
@@ -223,11 +220,13 @@ def _risk_rules(
         if not q:
             continue
         actor = subjects.get(skey)
-        used = actor.window_count(wkey, now) if actor is not None else 0
-        for limit, rule_id, subject_name, shadow in rules:
-            if used + q > limit:
-                hit = reason(Code.RISK_RULE, rule_id=rule_id, subject=subject_name, limit=limit, used=used, requested=q)
-                (ev.shadow if shadow else ev.reasons).append(hit)
+        window = actor.windows.get(wkey) if actor is not None else None
+        used = window.count(now) if window is not None else 0
+        if used + q > lowest:
+            for limit, rule_id, subject_name, shadow in rules:
+                if used + q > limit:
+                    hit = reason(Code.RISK_RULE, rule_id=rule_id, subject=subject_name, limit=limit, used=used, requested=q)
+                    (ev.shadow if shadow else ev.reasons).append(hit)
         windows.append((skey, wkey, seconds, q))
     return windows
 
@@ -250,10 +249,10 @@ def evaluate(
     for skey in present:
         actor = subjects.get(skey) if skey is not None else None
         counts_of.append(None if skey is None else actor.counts if actor is not None else {})
-    _product_limits(counts_of, t.sku_qty, cfg.skus, _SKU, ev.reasons, shared)
-    _product_limits(counts_of, t.spu_qty, cfg.spus, _SPU, ev.reasons, shared)
-    user_counts = [(intern(_ACT + aid), q) for aid, q in t.act_qty.items()]
-    user_counts.extend((intern(_ACTSKU + aid + SEP + sku_id), q) for (aid, sku_id), q in t.act_sku_qty.items())
+    _product_limits(counts_of, t.sku_qty, cfg.skus, "sku", ev.reasons, shared)
+    _product_limits(counts_of, t.spu_qty, cfg.spus, "spu", ev.reasons, shared)
+    user_counts = [(counter_key("act", aid), q) for aid, q in t.act_qty.items()]
+    user_counts.extend((counter_key("actsku", aid, sku_id), q) for (aid, sku_id), q in t.act_sku_qty.items())
     windows = _risk_rules(cfg, subj, subjects, t, ev, now) if cfg.rules else []
     # Tuples, not lists: a stored footprint of atomic tuples is invisible to the garbage collector.
     ev.footprint = Footprint(

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal, NamedTuple, TypeVar
 import msgspec
 
 from gateway.lists import ListName, ListsDoc, ListSet
-from gateway.types import LIMIT_SUBJECTS, Subject, key
+from gateway.types import LIMIT_SUBJECTS, CounterKey, Subject, counter_key, key
 from gateway.values import (
     MAX_MONEY,
     MAX_QUANTITY,
@@ -92,6 +92,10 @@ class Sku(Entry):
         """Every risk-rule scope key this SKU falls in (see `Scope.key`)."""
         return sku_scopes(self.sku_id, self.category, self.brand, self.spu_id)
 
+    @cached_property
+    def counter(self) -> CounterKey:
+        return counter_key("sku", self.sku_id)
+
 
 
 ALL_SKUS = key("", "")
@@ -109,6 +113,10 @@ def sku_scopes(sku_id: str, category: str | None, brand: str | None, spu_id: str
 class Spu(Entry):
     spu_id: Id
     limits: Limits = msgspec.field(default_factory=Limits)
+
+    @cached_property
+    def counter(self) -> CounterKey:
+        return counter_key("spu", self.spu_id)
 
 
 class Activity(Entry):
@@ -233,6 +241,7 @@ class WindowPlan(NamedTuple):
     scope: str
     window: str
     seconds: int
+    lowest: int  # the lowest limit of `rules`: a window under it passes them all at once
     rules: tuple[tuple[int, str, str, bool], ...]  # (limit, rule_id, subject, shadow)
 
 
@@ -272,6 +281,7 @@ class Config:
                     rules[0].scope.key,
                     wkey,
                     rules[0].window_seconds,
+                    min(r.limit(m) for r in rules),
                     tuple((r.limit(m), r.rule_id, subject.value, r.mode == "shadow") for r in rules),
                 )
                 for (subject, wkey), rules in groups.items()

@@ -27,7 +27,7 @@ from gateway.values import fold_phone
 from gateway.errors import Conflict, Gone, NotFound
 from gateway.messages import buyer_message
 from gateway.schema import CheckRequest, CheckResponse, ClaimRequest, Hold, OrderView
-from gateway.types import DEGRADABLE, Code, Decision, Notice, OrderState, Reason, Record, Subject, key, reason
+from gateway.types import DEGRADABLE, Code, Decision, Notice, OrderState, Reason, Record, Subject, counter_key, reason
 
 _response_encoder = msgspec.msgpack.Encoder()
 _response_decoder = msgspec.msgpack.Decoder(CheckResponse)
@@ -145,7 +145,7 @@ class Coordinator:
             unknown_entry(cfg, reasons, notices, Code.UNKNOWN_COUPON, coupon_id=req.coupon_id)
         elif coupon.per_user_limit is not None:
             user = self.ledger.find(keys[Subject.USER])
-            used = user.used(key("coupon", req.coupon_id)) if user is not None else 0
+            used = user.used(counter_key("coupon", req.coupon_id)) if user is not None else 0
             if used + 1 > coupon.per_user_limit:
                 reasons.append(
                     reason(

@@ -7,6 +7,7 @@ journal, so that none of them needs to import another just to name a thing.
 from __future__ import annotations
 
 from enum import StrEnum
+from sys import intern
 from typing import Any
 
 import msgspec
@@ -99,6 +100,11 @@ WindowKey = str
 
 def key(*parts: str) -> str:
     return SEP.join(parts)
+
+
+def counter_key(*parts: str) -> CounterKey:
+    """A counter's key, interned: one string however many actors count it."""
+    return intern(SEP.join(parts))
 
 
 MAX_TOTAL = 2**62  # auto-blacklist totals saturate here

@@ -83,6 +83,8 @@ def fold_path(path: str) -> str:
 
 def fold_phone(phone: str) -> str:
     """Digits only (a leading '+' kept): '139-0000 0000' and '13900000000' are one phone."""
+    if phone.isdigit():
+        return phone  # already folded, as checkout usually sends it
     digits = "".join(c for c in phone if c.isdigit())
     return "+" + digits if phone.strip().startswith("+") else digits
 
