@@ -14,11 +14,10 @@ import argparse
 import gc
 import json
 import os
-from sys import intern
 
 from actors.ledger import Ledger
 from actors.orders import Footprint
-from gateway.types import key
+from gateway.types import counter_key, key
 
 T0 = 1_800_000_000
 
@@ -41,8 +40,8 @@ def run(users: int) -> dict[str, object]:
             seconds[i // 1000],
             Footprint(
                 subjects=(user,),
-                shared=((intern(key("sku", f"S{sku}")), 1), (intern(key("spu", f"P{sku // 4}")), 1)),
-                user=((intern(key("act", "A1")), 1), (intern(key("actsku", "A1", f"S{sku}")), 1)),
+                shared=((counter_key("sku", f"S{sku}"), 1), (counter_key("spu", f"P{sku // 4}"), 1)),
+                user=((counter_key("act", "A1"), 1), (counter_key("actsku", "A1", f"S{sku}"), 1)),
                 windows=((user, windows[0], 3600, 1), (user, windows[1], 86400, 1)),
             ),
         )
