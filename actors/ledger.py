@@ -18,7 +18,7 @@ from actors.expiry import Due, Expiry
 from actors.orders import Footprint
 from actors.sku import SkuActor
 from actors.subject import ColdSubject, SubjectActor
-from gateway.types import CounterKey, SubjectKey, clamp, counter_key
+from gateway.types import SubjectKey, clamp, counter_key
 
 
 class Ledger:
@@ -78,9 +78,9 @@ class Ledger:
     def hold(self, t: int, fp: Footprint) -> None:
         subjects = self.subjects
         for skey in fp.subjects:  # the hot loop of every allowed order: kept inline
-            add(subjects.get(skey) or self.subject(skey), fp.shared)
+            (subjects.get(skey) or self.subject(skey)).add_all(fp.shared)
         if fp.user:
-            add(self.subject(fp.subjects[0]), fp.user)
+            self.subject(fp.subjects[0]).add_all(fp.user)
         for skey, wkey, seconds, qty in fp.windows:
             actor = subjects.get(skey) or self.subject(skey)
             if actor.window_add(wkey, seconds, t, qty):
@@ -167,12 +167,3 @@ class Ledger:
         elif actor.is_empty():
             del self.subjects[key]
 
-
-def add(actor: SubjectActor, increments: tuple[tuple[CounterKey, int], ...]) -> None:
-    """Add an order's counter increments (each counter once) to a subject."""
-    counts = actor.counts
-    if not counts:
-        counts.update(increments)  # the subject's first order (the usual case in a sale): one C call
-        return
-    for counter, qty in increments:
-        counts[counter] = counts.get(counter, 0) + qty

@@ -37,6 +37,15 @@ class SubjectActor(msgspec.Struct, gc=False, array_like=True):
         else:
             del self.counts[counter]
 
+    def add_all(self, increments: tuple[tuple[CounterKey, int], ...]) -> None:
+        """Count an order's increments (each counter once, each quantity positive)."""
+        counts = self.counts
+        if not counts:
+            counts.update(increments)  # the subject's first order (the usual case in a sale): one C call
+            return
+        for counter, qty in increments:
+            counts[counter] = counts.get(counter, 0) + qty
+
     def window_count(self, key: WindowKey, now: int) -> int:
         window = self.windows.get(key)
         return window.count(now) if window is not None else 0

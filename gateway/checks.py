@@ -220,8 +220,7 @@ def _risk_rules(
         if not q:
             continue
         actor = subjects.get(skey)
-        window = actor.windows.get(wkey) if actor is not None else None
-        used = window.count(now) if window is not None else 0
+        used = actor.window_count(wkey, now) if actor is not None else 0
         if used + q > lowest:
             for limit, rule_id, subject_name, shadow in rules:
                 if used + q > limit:

@@ -18,7 +18,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from actors.window import SMALL, Window
 from gateway.types import SEP, key
 from tests.conftest import ADDRESS, T0, Gateway, MakeGateway, base_config, item, order
 
@@ -767,3 +770,24 @@ async def test_subjects_whose_orders_all_ended_leave_nothing_behind(gw_factory: 
     await gw.advance(HOUR)
     gw.coordinator.expire_due(gw.clock.now())
     assert sorted(gw.coordinator.ledger.subjects) == []
+
+
+@given(
+    seconds=st.integers(1, 4 * SMALL),
+    steps=st.lists(st.tuples(st.integers(0, 3), st.integers(1, 3), st.integers(0, 9)), max_size=150),
+)
+def test_a_window_counts_exactly_the_events_inside_it(seconds: int, steps: list[tuple[int, int, int]]) -> None:
+    # The window's shortcuts (another order in the same second, one in a later second, a small
+    # window kept inline, a big one sorted) against a recount of the orders checked at t with
+    # now - window < t <= now; a removed (cancelled) order leaves at once.
+    window, now = Window(seconds), 0
+    events: list[tuple[int, int]] = []
+    for advance, quantity, pick in steps:
+        now += advance
+        if pick == 0 and events:  # cancel one of the orders so far
+            t, q = events.pop(len(events) // 2)
+            window.remove(t, q)
+        else:
+            window.add(now, quantity)
+            events.append((now, quantity))
+        assert window.count(now) == sum(q for t, q in events if now - seconds < t <= now)
