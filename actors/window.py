@@ -49,7 +49,7 @@ class Window(msgspec.Struct, gc=False, array_like=True):
 
     def count(self, now: int) -> int:
         buckets = self.buckets
-        # The usual case, without a call: a small window whose oldest second is still inside it.
+        # The usual case needs no pruning: a small window whose oldest second is still inside it.
         if buckets.__class__ is not tuple or (buckets and buckets[0][0] <= now - self.seconds):
             self.prune(now)
         return self.total
