@@ -77,7 +77,7 @@ class Ledger:
 
     def hold(self, t: int, fp: Footprint) -> None:
         subjects = self.subjects
-        for skey in fp.subjects:  # every allowed order comes through here
+        for skey in fp.subjects:
             (subjects.get(skey) or self.subject(skey)).add_all(fp.shared)
         if fp.user:
             self.subject(fp.subjects[0]).add_all(fp.user)
