@@ -1,7 +1,7 @@
 """Who an order is for: its subjects as actor keys, and the black- and whitelists over them.
 
-Receiver names and addresses are folded (case, white space) and phones reduced to digits, so that
-a scalper cannot dodge a limit by writing 'ZHANG  san' or '139-0000-0000'.
+Receiver names and addresses are folded (full-width forms, case, white space) and phones reduced
+to digits, so that a scalper cannot dodge a limit by writing 'ＺＨＡＮＧ san' or '+86 139-0000-0000'.
 """
 
 from __future__ import annotations
@@ -40,9 +40,10 @@ class Subjects:
 
 
 def region_parts(address: Address) -> list[str]:
-    """province/city/district/town folded, trailing missing levels dropped. A missing level in
-    between is an empty part, so a town directly under a city keeps its place."""
-    parts = [fold(p.replace("/", " ")) if p else "" for p in (address.province, address.city, address.district, address.town)]
+    """province/city/district/town folded (a '/' inside a part dropped: it separates the parts),
+    trailing missing levels dropped. A missing level in between is an empty part, so a town
+    directly under a city keeps its place."""
+    parts = [fold(p).replace("/", "") if p else "" for p in (address.province, address.city, address.district, address.town)]
     while parts and not parts[-1]:
         parts.pop()
     return parts

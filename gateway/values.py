@@ -5,6 +5,7 @@ of every configuration entry. Shared by the configuration, the wire schema and t
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
@@ -71,22 +72,43 @@ def named(field_name: str, parse: Callable[[Any], object], value: object) -> Non
 
 
 def fold(text: str) -> str:
-    """Case and white space folded, so that 'Zhang  San' and 'zhang san' are one receiver."""
-    return " ".join(text.split()).casefold()
+    """Compatibility forms, case and white space folded away, so that 'Zhang  San', 'zhang san',
+    'ＺＨＡＮＧ ＳＡＮ' and 'zhangsan' are one receiver, as '张 三' and '张三' are."""
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text)
+    return "".join(text.split()).casefold()
 
 
 def fold_path(path: str) -> str:
     """A region path ('Zhejiang/Hangzhou/Xihu') folded part by part. A missing level stays as an
     empty part ('Guangdong/Dongguan//Humen': a town with no district); trailing ones are dropped."""
+    if not path.isascii():
+        path = unicodedata.normalize("NFKC", path)
     return "/".join(fold(x) for x in path.split("/")).rstrip("/")
 
 
+# Phones written in international form with this country code are the national number: the
+# home market of the gateway (SPEC's phones and default messages are Chinese).
+HOME_COUNTRY_CODE = "86"
+
+
 def fold_phone(phone: str) -> str:
-    """Digits only (a leading '+' kept): '139-0000 0000' and '13900000000' are one phone."""
-    if phone.isdigit():
+    """The phone's digits, so that '139-0000 0000', '１３９００００００００', '+86 139 0000 0000' and
+    '0086 13900000000' are one phone. Other countries' numbers keep a leading '+' ('00' is read as
+    the international prefix, as dialled from China)."""
+    if phone.isdigit() and phone.isascii() and not phone.startswith("00"):
         return phone  # already folded, as checkout usually sends it
-    digits = "".join(c for c in phone if c.isdigit())
-    return "+" + digits if phone.strip().startswith("+") else digits
+    text = unicodedata.normalize("NFKC", phone).strip()
+    digits = "".join(str(int(c)) for c in text if c.isdecimal())
+    if text.startswith("+"):
+        international = digits
+    elif digits.startswith("00"):
+        international = digits[2:]
+    else:
+        return digits
+    if international.startswith(HOME_COUNTRY_CODE):
+        return international[len(HOME_COUNTRY_CODE) :]
+    return "+" + international if international else ""
 
 
 class Entry(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, dict=True, kw_only=True):

@@ -109,7 +109,7 @@ def _response(decision: Decision) -> CheckResponse:
 
 
 def test_region_path_is_folded_and_keeps_missing_levels() -> None:
-    assert region_path(_request("u", {"province": " Zhe  Jiang", "city": "HANGZHOU", "detail": "x"})) == "zhe jiang/hangzhou"
+    assert region_path(_request("u", {"province": " Zhe  Jiang", "city": "HANGZHOU", "detail": "x"})) == "zhejiang/hangzhou"
     assert region_path(_request("u", {"province": "Guangdong", "city": "Dongguan", "town": "Humen"})) == "guangdong/dongguan//humen"
     assert region_path(_request("u", {"detail": "only a street"})) is None
     assert region_path(_request("u")) is None

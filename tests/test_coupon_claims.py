@@ -151,8 +151,9 @@ async def test_raising_the_limit_at_run_time_applies_to_the_next_claim(gw_factor
         (claim(device_id="d-bad"), "device", "d-bad"),
         (claim(phone="13800000000"), "phone", "13800000000"),
         (claim(phone="138-0000 0000"), "phone", "13800000000"),
+        (claim(phone="+86 １３８ 0000 0000"), "phone", "13800000000"),
     ],
-    ids=["user", "device", "phone", "phone-formatted"],
+    ids=["user", "device", "phone", "phone-formatted", "phone-+86-fullwidth"],
 )
 async def test_blacklisted_claimer_is_denied_and_counts_nothing(
     gw_factory: MakeGateway, body: dict[str, Any], subject: str, value: str

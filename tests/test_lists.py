@@ -122,11 +122,12 @@ async def test_blacklisted_subject_is_refused_and_counts_nothing(
 
 async def test_listed_phone_matches_however_it_is_written(gw_factory: MakeGateway) -> None:
     gw = await gw_factory(lists_config(black={"phone": ["138-0000-0000"]}))
-    for written in ("13800000000", "138 0000 0000", "(138) 0000-0000"):
+    for written in ("13800000000", "138 0000 0000", "(138) 0000-0000", "+86 138 0000 0000", "0086-13800000000", "１３８００００００００"):
         res = await gw.check(order(user="u2", phone=written))
         assert res["decision"] == "deny", res
         assert [(r["code"], r["subject"], r["degradable"]) for r in res["reasons"]] == [("BLACKLISTED", "phone", False)]
     await allowed(gw, order(user="u2", phone="13800000001"))
+    await allowed(gw, order(user="u2", phone="+1 138 0000 0000"))  # another country's number
 
 
 async def test_every_blacklist_hit_is_reported_with_the_other_reasons(gw_factory: MakeGateway) -> None:

@@ -2,7 +2,8 @@
 
 A SKU's or SPU's `limits` cap the quantity (held plus confirmed) per user, device, receiver name,
 receiver phone and receiver address; the SPU counts over all its SKUs. Receiver names and
-addresses fold case and white space; phones fold formatting.
+addresses fold full-width forms, case and white space away; phones fold to their digits, and
+China's +86 / 0086 to the national number.
 """
 
 from __future__ import annotations
@@ -173,7 +174,14 @@ SHARED = [
     pytest.param("device", {"device": "d1"}, {"device": "d1"}, {"device": "d2"}, id="device"),
     pytest.param("receiver_name", {"name": "Zhang San"}, {"name": "  zhang   SAN "}, {"name": "Li Si"}, id="name"),
     pytest.param("receiver_name", {"name": "Zhang San"}, {"name": "ZHANG\tSAN"}, {"name": "Zhang Sa"}, id="name-tab"),
+    pytest.param("receiver_name", {"name": "张三"}, {"name": "张 三"}, {"name": "张四"}, id="name-cjk"),
+    pytest.param("receiver_name", {"name": "Zhang San"}, {"name": "ＺＨＡＮＧ ＳＡＮ"}, {"name": "Li Si"}, id="name-fullwidth"),
     pytest.param("receiver_phone", {"phone": "13900000000"}, {"phone": "139-0000-0000"}, {"phone": "13900000001"}, id="phone"),
+    pytest.param(
+        "receiver_phone", {"phone": "13900000000"}, {"phone": "+86 139 0000 0000"}, {"phone": "+1 139 0000 0000"}, id="phone-+86"
+    ),
+    pytest.param("receiver_phone", {"phone": "13900000000"}, {"phone": "0086-13900000000"}, {"phone": "0013900000000"}, id="phone-0086"),
+    pytest.param("receiver_phone", {"phone": "13900000000"}, {"phone": "１３９００００００００"}, {"phone": "13900000001"}, id="phone-fullwidth"),
     pytest.param(
         "receiver_phone", {"phone": "139 0000 0000"}, {"phone": "(139) 0000-0000"}, {"phone": "139-0000-0001"}, id="phone-spaces"
     ),
@@ -191,6 +199,13 @@ SHARED = [
         },
         {"address": {**ADDRESS, "detail": "2 Lake Rd"}},
         id="address",
+    ),
+    pytest.param(
+        "receiver_address",
+        {"address": {**ADDRESS, "detail": "西湖路1号"}},
+        {"address": {**ADDRESS, "detail": "西湖路 1 号"}},
+        {"address": {**ADDRESS, "detail": "西湖路2号"}},
+        id="address-cjk",
     ),
     pytest.param(
         "receiver_address",

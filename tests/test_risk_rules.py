@@ -224,12 +224,12 @@ SUBJECTS = [
     pytest.param("device", {"device": "d1"}, {"device": "d1"}, {"device": "d2"}, "d1", id="device"),
     pytest.param("ip", {"ip": "10.0.0.1"}, {"ip": "10.0.0.1"}, {"ip": "10.0.0.2"}, "10.0.0.1", id="ip"),
     pytest.param(
-        "receiver_name", {"name": "Zhang San"}, {"name": " zhang   SAN "}, {"name": "Li Si"}, "zhang san", id="name"
+        "receiver_name", {"name": "Zhang San"}, {"name": " ＺＨＡＮＧ  san "}, {"name": "Li Si"}, "zhangsan", id="name"
     ),
     pytest.param(
         "receiver_phone",
         {"phone": "13900000000"},
-        {"phone": "139-0000-0000"},
+        {"phone": "+86 139-0000-0000"},
         {"phone": "13900000001"},
         "13900000000",
         id="phone",
@@ -237,9 +237,9 @@ SUBJECTS = [
     pytest.param(
         "receiver_address",
         {"address": ADDRESS},
-        {"address": {**ADDRESS, "province": "ZHEJIANG ", "detail": "1  LAKE rd"}},
+        {"address": {**ADDRESS, "province": "ZHEJIANG ", "detail": "1  ＬＡＫＥ rd"}},
         {"address": {**ADDRESS, "detail": "2 Lake Rd"}},
-        TOWN + SEP + "1 lake rd",
+        TOWN + SEP + "1lakerd",
         id="receiver_address",
     ),
     pytest.param(
