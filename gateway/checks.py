@@ -271,10 +271,20 @@ def evaluate(
         ev.reasons, notices = override
         ev.notices.extend(notices)
     elif ev.reasons:
-        white_discounts = cfg.whitelist.entries["discount"]
-        for i, item in enumerate(req.items):
-            for j, d in enumerate(item.discounts):
-                counted = d.funded_by == "platform" and d.id not in white_discounts
-                if d.activity_id in failed_activities or (i in t.fused_items and counted):
-                    ev.strip.add((i, j))
+        ev.strip = _to_strip(req, cfg, failed_activities, t.fused_items)
     return ev
+
+
+def _to_strip(req: CheckRequest, cfg: Config, failed_activities: set[str], fused_items: set[int]) -> set[tuple[int, int]]:
+    """The discounts behind degradable reasons: those of a failed activity, and the counted ones of
+    a fused item. `stripped` answers with ids, so a stripped id goes from every item that carries
+    it (an apportioned coupon is removed from the whole order, and `payable` says what that costs)."""
+    white_discounts = cfg.whitelist.entries["discount"]
+    ids = {
+        d.id
+        for i, item in enumerate(req.items)
+        for d in item.discounts
+        if d.activity_id in failed_activities
+        or (i in fused_items and d.funded_by == "platform" and d.id not in white_discounts)
+    }
+    return {(i, j) for i, item in enumerate(req.items) for j, d in enumerate(item.discounts) if d.id in ids}

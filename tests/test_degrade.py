@@ -253,6 +253,26 @@ async def test_activity_user_limit_strips_only_the_failing_activity(gw_factory: 
     }
 
 
+async def test_a_fused_items_coupon_is_stripped_from_every_item_that_carries_it(gw_factory: MakeGateway) -> None:
+    # `stripped` names ids, so checkout removes a stripped coupon from the whole order: the degrade
+    # strips it from the item that did not fuse too, and `payable` and the budget agree with that.
+    gw = await gw_factory(degrade_config())
+    body = order(
+        item("S1", 1, 1000, discount(300, "A2", ident="C1")),  # paid 700 < 800: fused
+        item("S2", 1, 5000, discount(200, "A2", ident="C1"), discount(100, "A2", ident="A2")),
+        on_refusal="degrade",
+    )
+    res = await assert_degraded(gw, body, stripped=["C1"], payable=1000 + 5000 - 100)
+    assert located(res) == [why("PRICE_FUSE", sku_id="S1")]
+    assert await budget(gw, "A2") == (100, 0)
+    assert await counters(gw) == {
+        "sku": {"S1": 1, "S2": 1},
+        "spu": {"P1": 2},
+        "activity": {"A2": 1},
+        "activity_sku": {"A2/S2": 1},
+    }
+
+
 async def test_an_apportioned_coupon_is_listed_once_in_stripped(gw_factory: MakeGateway) -> None:
     # SPEC is silent on repeated ids: checkout apportions an order-level coupon over its items, so
     # one coupon id appears on several items. `stripped` lists the ids of the discounts removed;
