@@ -85,7 +85,7 @@ async def admin_auth(request: web.Request, handler: Handler) -> web.StreamRespon
     if request.path.startswith("/v1/admin/"):
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
-        expected = request.app[AUTH].token or ""
+        expected = request.app[AUTH].token(request.app[COORDINATOR].config) or ""
         if scheme.lower() != "bearer" or not expected or not hmac.compare_digest(token.strip().encode(), expected.encode()):
             raise Unauthorized(
                 "unauthorized", "admin calls need 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"}
@@ -119,14 +119,14 @@ async def sweep(coordinator: Coordinator, decisions: DecisionLog) -> None:
 async def settle_token(auth: Auth, coordinator: Coordinator) -> None:
     """FLASHGUARD_ADMIN_TOKEN, else the configuration's, else a new one, printed at start and kept
     in the configuration (journaled), so a restart does not change it under the operators."""
-    auth.token = auth.token or os.environ.get("FLASHGUARD_ADMIN_TOKEN") or coordinator.config.settings.admin_token
-    if not auth.token:
-        auth.token = secrets.token_urlsafe(24)
+    auth.fixed = auth.fixed or os.environ.get("FLASHGUARD_ADMIN_TOKEN")
+    if not auth.token(coordinator.config):
+        token = secrets.token_urlsafe(24)
         settings = msgspec.to_builtins(coordinator.config.settings)
-        coordinator.change(("settings", {**settings, "admin_token": auth.token}))
+        coordinator.change(("settings", {**settings, "admin_token": token}))
         await coordinator.journal.commit()
-        print(f"admin token (set FLASHGUARD_ADMIN_TOKEN to choose one): {auth.token}", flush=True)
-    elif not os.environ.get("FLASHGUARD_ADMIN_TOKEN"):
+        print(f"admin token (set FLASHGUARD_ADMIN_TOKEN to choose one): {token}", flush=True)
+    elif not auth.fixed:
         log.info("admin token: the one in the configuration (printed when it was made)")
 
 

@@ -96,7 +96,11 @@ async def serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve" and args.reload_config and not args.config:
+        # Without a file, the only thing to apply would be the demo: never over an operator's state.
+        parser.error("--reload-config applies the --config file; name one")
     if args.command == "check-config":
         return check_config(args.file)
     if args.command == "replay":

@@ -16,9 +16,14 @@ from snapshots.store import Store
 
 @dataclass(slots=True)
 class Auth:
-    """The admin token; known only after restore (it may come from the restored configuration)."""
+    """The admin token. `fixed` (make_app's, or FLASHGUARD_ADMIN_TOKEN) wins; without it the live
+    configuration's token is the one, read at each call, so an operator who changes it through
+    the admin API locks the old one out at once (not at the next restart)."""
 
-    token: str | None = None
+    fixed: str | None = None
+
+    def token(self, config: Config) -> str | None:
+        return self.fixed or config.settings.admin_token
 
 
 @dataclass(slots=True)

@@ -15,7 +15,7 @@ from gateway.app import make_app
 from gateway.clock import ManualClock, SystemClock
 from gateway.config import build_config
 from gateway.coordinator import Coordinator
-from gateway.keys import AUTH
+from gateway.keys import AUTH, COORDINATOR
 from snapshots.store import Store
 from tests.conftest import ADDRESS, T0, TOKEN, Gateway, MakeGateway, base_config, discount, item, order
 
@@ -454,7 +454,7 @@ async def test_a_generated_token_is_kept_across_restarts(tmp_path: Path, monkeyp
         app = make_app(Coordinator(config, ManualClock(T0)), store=Store(tmp_path), seed=config, snapshot_every=0)
         client: TestClient[Any, Any] = TestClient(TestServer(app))
         await client.start_server()
-        token = app[AUTH].token
+        token = app[AUTH].token(app[COORDINATOR].config)
         assert token
         resp = await client.get("/v1/admin/config", headers={"Authorization": f"Bearer {token}"})
         assert resp.status == 200
@@ -462,3 +462,44 @@ async def test_a_generated_token_is_kept_across_restarts(tmp_path: Path, monkeyp
         tokens.append(token)
         await client.close()
     assert tokens[0] == tokens[1]
+
+
+async def test_a_token_changed_through_the_admin_api_holds_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings are live (SPEC section 2): a new admin token locks the old one out at the next
+    call, and stays after a restart."""
+    monkeypatch.delenv("FLASHGUARD_ADMIN_TOKEN", raising=False)
+    doc = base_config()
+    doc["settings"]["admin_token"] = "first-token-123"
+    for _ in range(2):
+        config = build_config(doc)
+        app = make_app(Coordinator(config, ManualClock(T0)), store=Store(tmp_path), seed=config, snapshot_every=0)
+        client: TestClient[Any, Any] = TestClient(TestServer(app))
+        await client.start_server()
+
+        async def status(token: str) -> int:
+            resp = await client.get("/v1/admin/config", headers={"Authorization": f"Bearer {token}"})
+            return resp.status
+
+        if await status("first-token-123") == 200:  # the first run: change it
+            resp = await client.patch(
+                "/v1/admin/settings",
+                json={"admin_token": "second-token-456"},
+                headers={"Authorization": "Bearer first-token-123"},
+            )
+            assert resp.status == 200
+        assert await status("second-token-456") == 200
+        assert await status("first-token-123") == 401
+        await client.close()
+
+
+async def test_the_environment_token_wins_over_the_configurations(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLASHGUARD_ADMIN_TOKEN", "env-token-789")
+    doc = base_config()
+    doc["settings"]["admin_token"] = "config-token-123"
+    config = build_config(doc)
+    client: TestClient[Any, Any] = TestClient(TestServer(make_app(Coordinator(config, ManualClock(T0)))))
+    await client.start_server()
+    for token, expected in (("env-token-789", 200), ("config-token-123", 401)):
+        resp = await client.get("/v1/admin/config", headers={"Authorization": f"Bearer {token}"})
+        assert resp.status == expected, token
+    await client.close()
