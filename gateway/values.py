@@ -20,6 +20,7 @@ MAX_QUANTITY = 100_000
 MAX_WINDOW = 7 * 86400
 MAX_DURATION = 10 * 365 * 86400
 MAX_RATIO = 10**6
+MAX_RATIO_PLACES = 12
 
 
 # Ids are printable: no control characters, which also keeps the joined actor keys unambiguous.
@@ -60,6 +61,12 @@ def parse_ratio(value: Ratio) -> Fraction:
         raise ValueError(f"bad ratio {value!r}: use a decimal such as '0.95'") from None
     if not d.is_finite() or not 0 <= d <= MAX_RATIO:
         raise ValueError(f"ratio {value!r} must be a number from 0 to {MAX_RATIO}")
+    # A short string such as '1e-10000000' is a fraction of ten million digits, which would stall
+    # the event loop at every check that uses it: exact, but only to a sensible precision.
+    _, digits, exponent = d.as_tuple()
+    kept = len(bytes(digits).rstrip(b"\0"))  # trailing zeros are not decimal places
+    if kept and isinstance(exponent, int) and exponent + len(digits) - kept < -MAX_RATIO_PLACES:
+        raise ValueError(f"ratio {value!r} has more than {MAX_RATIO_PLACES} decimal places")
     return Fraction(d)
 
 

@@ -236,14 +236,23 @@ def test_bad_rule_window_error_names_the_field(value: Any) -> None:
 
 @pytest.mark.parametrize(
     ("value", "exact"),
-    [("1.0", Fraction(1)), ("0.95", Fraction(19, 20)), (0.1, Fraction(1, 10)), (1, Fraction(1)), ("0.333", Fraction(333, 1000))],
+    [
+        ("1.0", Fraction(1)),
+        ("0.95", Fraction(19, 20)),
+        (0.1, Fraction(1, 10)),
+        (1, Fraction(1)),
+        ("0.333", Fraction(333, 1000)),
+        ("0.999999999999", Fraction(999999999999, 10**12)),
+        ("1.50000000000000000000", Fraction(3, 2)),  # trailing zeros are not places
+    ],
 )
 def test_ratios_are_exact(value: Any, exact: Fraction) -> None:
     cfg = build_config({"settings": {"risk_multiplier": value}})
     assert cfg.settings.multiplier == exact
 
 
-BAD_RATIOS: list[Any] = ["abc", "-0.5", "NaN", "Infinity", True, ""]
+# The last two: exact fractions of 10 million and 13 digits, which would stall every check.
+BAD_RATIOS: list[Any] = ["abc", "-0.5", "NaN", "Infinity", True, "", "1e-10000000", "0.9999999999999"]
 
 
 @pytest.mark.parametrize("value", BAD_RATIOS)
