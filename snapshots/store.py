@@ -16,7 +16,9 @@ measured 0.6 s at a million users.) The final snapshot at shutdown is written in
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -67,6 +69,25 @@ class Store:
         self.stats = SnapshotStats()
         self._lock = asyncio.Lock()
         self._last: tuple[int, Path] | None = None  # the journal position and file of the last snapshot written here
+        self._claim: int | None = None  # the descriptor of the data directory's LOCK file (see `claim`)
+
+    def claim(self) -> None:
+        """One server per data directory: two would interleave their journal records, and both
+        acknowledge decisions that no restart could then replay. A POSIX lock on `LOCK`, which the
+        kernel drops when the process ends, `kill -9` included: no stale lock to clear by hand."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RestoreError(
+                f"another process (pid {holder}) is serving from {self.directory}; refusing to start on its data"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._claim = fd
 
     def rebuild(self, coordinator: Coordinator, upto: int | None = None) -> tuple[RestoreReport, Replay, int]:
         """Load the newest snapshot that verifies and replay the journal after it (up to `upto`)
@@ -106,7 +127,7 @@ class Store:
 
     def restore(self, coordinator: Coordinator, seed: Config, reload_config: bool = False) -> RestoreReport:
         """Bring `coordinator` to the state the data directory holds (or seed it), and open the journal."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.claim()
         report, replay, now = self.rebuild(coordinator)
         if replay.torn is not None:
             report.torn = replay.torn
@@ -213,6 +234,9 @@ class Store:
             except OSError as e:
                 log.error("final snapshot failed (%s); the journal holds every change", e)
             await journal.close()
+        if self._claim is not None:
+            os.close(self._claim)  # the lock goes with it
+            self._claim = None
         return path
 
     def _journal(self) -> Journal:

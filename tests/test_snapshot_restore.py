@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -854,3 +856,22 @@ def test_reload_config_without_a_file_is_refused(tmp_path: Path, capsys: pytest.
     assert exit_.value.code == 2
     assert "--reload-config applies the --config file" in capsys.readouterr().err
     assert not (tmp_path / "data").exists()
+
+
+HOLDER = "import sys; from pathlib import Path; from snapshots.store import Store; Store(Path(sys.argv[1])).claim(); print('held', flush=True); sys.stdin.read()"
+
+
+def test_a_second_server_on_the_same_data_directory_is_refused(tmp_path: Path) -> None:
+    # Two servers on one directory would interleave journal records that no restart could replay.
+    with subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+            coordinator = new_coordinator()
+            with pytest.raises(RestoreError, match=f"another process \\(pid {holder.pid}\\) is serving from"):
+                Store(tmp_path).restore(coordinator, coordinator.config)
+            assert [p.name for p in tmp_path.iterdir()] == ["LOCK"]  # nothing written: no journal, no seed
+        finally:
+            holder.kill()  # as kill -9: the kernel drops its lock, nothing is left to clear by hand
+    coordinator = new_coordinator()
+    report = Store(tmp_path).restore(coordinator, coordinator.config)
+    assert report.seeded
