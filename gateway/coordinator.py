@@ -75,11 +75,20 @@ class Coordinator:
     # -- checks ---------------------------------------------------------------------------
 
     def check(self, req: CheckRequest, digest: bytes) -> CheckResponse:
-        existing = self.orders.get(req.order_id)
-        if existing is not None:
-            if existing.digest != digest:
-                raise Conflict("order_id_reused", f"order {req.order_id!r} was already checked with a different body")
-            return _response_decoder.decode(existing.response)
+        """An order's answer: the stored one for a repeat (SPEC: counted once), else a new decision."""
+        return self.answered(req.order_id, digest) or self.check_new(req, digest)
+
+    def answered(self, order_id: str, digest: bytes) -> CheckResponse | None:
+        """The first answer to an order already checked with this body (409 for another body)."""
+        existing = self.orders.get(order_id)
+        if existing is None:
+            return None
+        if existing.digest != digest:
+            raise Conflict("order_id_reused", f"order {order_id!r} was already checked with a different body")
+        return _response_decoder.decode(existing.response)
+
+    def check_new(self, req: CheckRequest, digest: bytes) -> CheckResponse:
+        """Decide an order not checked before (see `answered`), hold what it uses, journal it."""
         now = self.clock.now()
         self.expire_due(now)
         cfg = self.config

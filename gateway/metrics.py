@@ -53,6 +53,11 @@ class GatewayCollector(Collector):
             "Orders currently held",
             value=coordinator.held,
         )
+        yield CounterMetricFamily(
+            "flashguard_check_repeats",
+            "Checks of an order already answered (checkout retries): the first answer again, not in flashguard_checks",
+            value=stats.repeats,
+        )
         shed = CounterMetricFamily("flashguard_shed", "Requests answered 429 (overloaded)")
         shed.add_metric([], self.app[LOAD].shed)
         yield shed

@@ -43,6 +43,7 @@ class Stats:
     latency_sum: float = 0.0
     refused_users: Counter[str] = field(default_factory=Counter)
     refused_addresses: Counter[str] = field(default_factory=Counter)
+    repeats: int = 0  # checks of an order already answered, answered again and counted nowhere else
 
     def observe_check(self, response: CheckResponse, seconds: float, request: CheckRequest | None = None) -> None:
         self.decisions[response.decision.value] += 1

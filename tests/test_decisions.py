@@ -42,6 +42,8 @@ async def test_support_finds_why_a_buyer_was_refused(gw_factory: MakeGateway) ->
     by_order = await gw.admin("GET", f"decisions?order_id={first['order_id']}")
     assert by_order["decisions"][0]["decision"] == "allow"
     assert (await gw.admin("GET", "decisions?user_id=nobody"))["count"] == 0
+    await gw.check(first)  # a checkout retry: answered again, logged once
+    assert (await gw.admin("GET", "decisions?user_id=u1"))["count"] == 2
 
 
 async def test_confirms_cancels_and_claims_are_logged(gw: Gateway) -> None:

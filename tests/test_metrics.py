@@ -46,6 +46,19 @@ async def test_decisions_reasons_holds_and_budgets_are_counted(gw_factory: MakeG
     assert m[("flashguard_activity_spent", (("activity_id", "A1"),))] == 100
 
 
+async def test_a_repeated_check_is_counted_once_and_as_a_repeat(gw_factory: MakeGateway) -> None:
+    # Idempotency (SPEC section 3): a checkout retry counts once, in the metrics as in the quotas.
+    gw = await gw_factory()
+    body = order(item("S1", 1))
+    for _ in range(3):
+        assert (await gw.check(body))["decision"] == "allow"
+    m = await scrape(gw)
+    assert m[("flashguard_checks_total", (("decision", "allow"),))] == 1
+    assert m[("flashguard_check_seconds_count", ())] == 1
+    assert m[("flashguard_check_repeats_total", ())] == 2
+    assert (await gw.user("u1"))["counters"]["sku"] == {"S1": 1}
+
+
 async def test_shed_requests_are_counted(gw_factory: MakeGateway) -> None:
     gw = await gw_factory(max_inflight=0)
     resp = await gw.client.post("/v1/orders/check", json=order())
