@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple, TypeVar
+from typing import Annotated, Any, Literal, NamedTuple, TypeVar, get_args
 
 import msgspec
 
@@ -326,12 +326,45 @@ def _where(err: msgspec.ValidationError) -> tuple[str, str]:
 
 
 def convert_entry(raw: Any, kind: type[E], where: str) -> E:
-    """One entry, validated; raises ConfigError naming `where` and the field."""
+    """One entry, validated; raises ConfigError naming `where` and each bad field."""
     try:
         return msgspec.convert(raw, kind)
     except msgspec.ValidationError as e:
         path, msg = _where(e)
-        raise ConfigError([f"{where}{path}: {msg}"]) from None
+        raise ConfigError(_field_errors(raw, kind, where) or [f"{where}{path}: {msg}"]) from None
+
+
+def _struct_in(annotation: Any) -> type[msgspec.Struct] | None:
+    """The entry type a field holds (`PriceFuse | None` -> PriceFuse), if it holds one."""
+    for t in (annotation, *get_args(annotation)):
+        if isinstance(t, type) and issubclass(t, msgspec.Struct):
+            return t
+    return None
+
+
+def _field_errors(raw: Any, kind: type[msgspec.Struct], where: str) -> list[str]:
+    """Every bad field of an entry, each checked on its own (msgspec stops at an entry's first), so
+    that one `check-config` run names them all. Checks across fields (`__post_init__`) run once
+    the fields are valid; an entry that is not a table is left to the caller's error."""
+    if not isinstance(raw, dict):
+        return []
+    fields = {f.encode_name: f for f in msgspec.structs.fields(kind)}
+    errors = [f"{where}: Object missing required field `{n}`" for n, f in fields.items() if f.required and n not in raw]
+    for name, value in raw.items():
+        f = fields.get(name)
+        if f is None:
+            errors.append(f"{where}: Object contains unknown field `{name}`")
+            continue
+        inner = _struct_in(f.type)
+        if inner is not None and (nested := _field_errors(value, inner, f"{where}.{name}")):
+            errors.extend(nested)
+            continue
+        try:
+            msgspec.convert(value, f.type)
+        except msgspec.ValidationError as e:
+            path, msg = _where(e)
+            errors.append(f"{where}.{name}{path}: {msg}")
+    return errors
 
 
 def entry_label(section: str, index: int, raw: Any) -> str:

@@ -476,6 +476,39 @@ max_quantity = 1
     assert "ok" not in out.out
 
 
+def test_check_config_names_every_bad_field_of_an_entry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # One run names them all, so the operator does not fix a file one error per run.
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        """
+[[skus]]
+sku_id = "S1"
+cost_price = 100
+limits = { user = 0, device = 2, receiver_name = "two" }
+price_fuse = { base = "cost", ratio = "abc" }
+colour = "red"
+
+[[rules]]
+subject = "town"
+window = "1h"
+max_quantity = 1.5
+""",
+        encoding="utf-8",
+    )
+    assert main(["check-config", str(path)]) == 1
+    errors = [line.removeprefix(f"{path}: ") for line in capsys.readouterr().err.splitlines()]
+    assert errors == [
+        "skus[0] (sku_id=S1).limits.user: Expected `int` >= 1",
+        "skus[0] (sku_id=S1).limits.receiver_name: Expected `int | null`, got `str`",
+        "skus[0] (sku_id=S1).price_fuse: ratio: bad ratio 'abc': use a decimal such as '0.95'",
+        "skus[0] (sku_id=S1): Object contains unknown field `colour`",
+        "rules[0]: Object missing required field `rule_id`",
+        "rules[0].subject: Invalid enum value 'town'",
+        "rules[0].max_quantity: Expected `int`, got `float`",
+        "7 error(s)",
+    ]
+
+
 def test_check_config_on_a_syntax_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "broken.toml"
     path.write_text("[[skus]\nsku_id = 1\n", encoding="utf-8")
