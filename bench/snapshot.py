@@ -28,8 +28,8 @@ import msgspec
 from bench.scenario import Scenario
 from gateway.clock import ManualClock
 from gateway.codec import digest
-from gateway.config import build_config
 from gateway.coordinator import Coordinator
+from gateway.document import build_config
 from gateway.schema import CheckRequest
 from snapshots.store import Store
 

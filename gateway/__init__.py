@@ -14,7 +14,8 @@ Components, in the order a request meets them:
   all without awaiting.
 - `checks`: every check of SPEC section 3, read-only over the actors. `subjects`: who an order is
   for, folded, and the black- and whitelists over them. `messages`: what the buyer is told.
-- `config` (the document and its validation), `values` (bounds, ids, durations, ratios, folding),
+- `config` (the entries and the live configuration), `document` (reading and validating a
+  document, every error with its location), `values` (bounds, ids, durations, ratios, folding),
   `lists` (black- and whitelists), `changes` (admin changes as records).
 - `decisions`: the decision log; `replay`: a rule change tried on logged traffic.
 - `clock`: injected time. `types`: the shared vocabulary. `keys`: the app's typed keys.

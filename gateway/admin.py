@@ -13,14 +13,15 @@ import msgspec
 from aiohttp import web
 
 from gateway.changes import validate_entry
-from gateway.subjects import auto_blacklisted
 from gateway.clock import ClockError
 from gateway.codec import decode, parse, respond
-from gateway.config import SECTIONS, ConfigError, Settings, build_config, convert_entry
-from gateway.lists import LIST_KINDS, LIST_VALUE, normalize_list_value
+from gateway.config import SECTIONS, Settings
+from gateway.document import ConfigError, build_config, convert_entry
 from gateway.errors import BadRequest, Conflict, NotFound, Unavailable
 from gateway.keys import COORDINATOR, DECISIONS, MANUAL_CLOCK, STORE
+from gateway.lists import LIST_KINDS, LIST_VALUE, normalize_list_value
 from gateway.schema import ClockRequest
+from gateway.subjects import auto_blacklisted
 from gateway.types import SEP, Record, key
 from snapshots.store import SnapshotFailed
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any, cast
 
 from actors.ledger import Ledger
-from gateway.config import SECTIONS, Config, ConfigError, Settings, build_config, convert_entry
+from gateway.config import SECTIONS, Config, Settings
+from gateway.document import ConfigError, build_config, convert_entry
 from gateway.lists import LIST_KINDS, ListKind, ListName
 from gateway.types import Record, key
 

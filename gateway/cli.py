@@ -13,8 +13,9 @@ from aiohttp import web
 
 from gateway.app import DEFAULT_MAX_INFLIGHT, make_app
 from gateway.clock import Clock, ManualClock, SystemClock
-from gateway.config import Config, ConfigError, demo_config, load_config
+from gateway.config import Config
 from gateway.coordinator import Coordinator
+from gateway.document import ConfigError, demo_config, load_config
 from gateway.replay import print_report, replay
 from snapshots.store import RestoreError, Store
 

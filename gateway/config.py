@@ -1,21 +1,17 @@
-"""The configuration document (SPEC section 2): its schema, its validation and its live form.
+"""The configuration (SPEC section 2): the schema of its entries and its live form.
 
-The document is validated entry by entry, so that one run reports every bad entry with its
-location (`skus[3] (sku_id=S9).limits.user: ...`), not just the first. Derived values that the hot
-path needs (a fuse ratio as a fraction, a duration in seconds) are computed once per entry and
-cached on it.
+Each entry type validates its own fields (`document` reads a whole document into them). Derived
+values that the hot path needs (a fuse ratio as a fraction, a duration in seconds) are computed
+once per entry and cached on it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import tomllib
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cached_property
-from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple, TypeVar, get_args
+from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 
@@ -305,136 +301,3 @@ class Config:
         doc["lists"] = msgspec.to_builtins(ListsDoc(blacklist=self.blacklist.to_doc(), whitelist=self.whitelist.to_doc()))
         doc["auto_blacklist"] = msgspec.to_builtins(self.auto_blacklist)
         return doc
-
-
-E = TypeVar("E", bound=Entry)
-
-
-class ConfigError(ValueError):
-    """Every problem found in a document, each with its location."""
-
-    def __init__(self, errors: list[str]) -> None:
-        super().__init__("; ".join(errors))
-        self.errors = errors
-
-
-def _where(err: msgspec.ValidationError) -> tuple[str, str]:
-    """Split msgspec's 'message - at `$.a.b`' into ('.a.b', 'message')."""
-    text = str(err)
-    msg, sep, at = text.rpartition(" - at `$")
-    return (at.rstrip("`"), msg) if sep else ("", text)
-
-
-def convert_entry(raw: Any, kind: type[E], where: str) -> E:
-    """One entry, validated; raises ConfigError naming `where` and each bad field."""
-    try:
-        return msgspec.convert(raw, kind)
-    except msgspec.ValidationError as e:
-        path, msg = _where(e)
-        raise ConfigError(_field_errors(raw, kind, where) or [f"{where}{path}: {msg}"]) from None
-
-
-def _struct_in(annotation: Any) -> type[msgspec.Struct] | None:
-    """The entry type a field holds (`PriceFuse | None` -> PriceFuse), if it holds one."""
-    for t in (annotation, *get_args(annotation)):
-        if isinstance(t, type) and issubclass(t, msgspec.Struct):
-            return t
-    return None
-
-
-def _field_errors(raw: Any, kind: type[msgspec.Struct], where: str) -> list[str]:
-    """Every bad field of an entry, each checked on its own (msgspec stops at an entry's first), so
-    that one `check-config` run names them all. Checks across fields (`__post_init__`) run once
-    the fields are valid; an entry that is not a table is left to the caller's error."""
-    if not isinstance(raw, dict):
-        return []
-    fields = {f.encode_name: f for f in msgspec.structs.fields(kind)}
-    errors = [f"{where}: Object missing required field `{n}`" for n, f in fields.items() if f.required and n not in raw]
-    for name, value in raw.items():
-        f = fields.get(name)
-        if f is None:
-            errors.append(f"{where}: Object contains unknown field `{name}`")
-            continue
-        inner = _struct_in(f.type)
-        if inner is not None and (nested := _field_errors(value, inner, f"{where}.{name}")):
-            errors.extend(nested)
-            continue
-        try:
-            msgspec.convert(value, f.type)
-        except msgspec.ValidationError as e:
-            path, msg = _where(e)
-            errors.append(f"{where}.{name}{path}: {msg}")
-    return errors
-
-
-def entry_label(section: str, index: int, raw: Any) -> str:
-    id_field = SECTIONS[section][1]
-    ident = raw.get(id_field) if isinstance(raw, dict) else None
-    return f"{section}[{index}] ({id_field}={ident})" if isinstance(ident, str) else f"{section}[{index}]"
-
-
-def build_config(raw: Any) -> Config:
-    """A validated live Config from a parsed document, or ConfigError listing every problem."""
-    if not isinstance(raw, dict):
-        raise ConfigError(["the configuration must be a table/object at the top level"])
-    errors: list[str] = []
-    cfg = Config()
-    for section in raw:
-        if section not in SECTIONS and section not in SINGLES:
-            errors.append(f"{section}: unknown section (expected one of {', '.join([*SINGLES, *SECTIONS])})")
-    for name, kind in SINGLES.items():
-        try:
-            value = convert_entry(raw.get(name, {}), kind, name)
-        except ConfigError as e:
-            errors.extend(e.errors)
-            continue
-        if isinstance(value, ListsDoc):
-            cfg.blacklist, cfg.whitelist = ListSet.from_doc(value.blacklist), ListSet.from_doc(value.whitelist)
-        else:
-            setattr(cfg, name, value)
-    for name, (kind, id_field) in SECTIONS.items():
-        entries = raw.get(name, [])
-        if not isinstance(entries, list):
-            errors.append(f"{name}: expected an array of tables/objects")
-            continue
-        target = cfg.section(name)
-        for i, item in enumerate(entries):
-            where = entry_label(name, i, item)
-            try:
-                entry = convert_entry(item, kind, where)
-            except ConfigError as e:
-                errors.extend(e.errors)
-                continue
-            ident = getattr(entry, id_field)
-            if ident in target:
-                errors.append(f"{where}: duplicate {id_field} {ident!r}")
-            target[ident] = entry
-    if errors:
-        raise ConfigError(errors)
-    cfg.changed()
-    return cfg
-
-
-def parse_document(text: str, suffix: str) -> Any:
-    """TOML for `.toml` files, JSON otherwise; a syntax error becomes a ConfigError with its line."""
-    try:
-        if suffix == ".toml":
-            return tomllib.loads(text)
-        return json.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError([f"TOML syntax: {e}"]) from None
-    except json.JSONDecodeError as e:
-        raise ConfigError([f"JSON syntax: {e}"]) from None
-
-
-def load_config(path: Path) -> Config:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError([f"{path}: {e.strerror}"]) from None
-    return build_config(parse_document(text, path.suffix.lower()))
-
-
-def demo_config() -> Config:
-    """The embedded demo configuration that `flashguard serve` runs on when given no --config."""
-    return load_config(Path(__file__).with_name("demo.toml"))

@@ -28,7 +28,8 @@ from actors.ledger import Ledger
 from actors.orders import Order, OrderBook
 from actors.sku import SkuActor
 from actors.subject import ColdSubject
-from gateway.config import Config, build_config
+from gateway.config import Config
+from gateway.document import build_config
 from gateway.types import OrderState
 
 FORMAT = 2  # 2: subjects and settled orders as msgpack blobs, decoded when first used

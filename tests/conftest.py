@@ -16,8 +16,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import make_app
 from gateway.clock import ManualClock
-from gateway.config import build_config
 from gateway.coordinator import Coordinator
+from gateway.document import build_config
 
 T0 = 1_800_000_000
 TOKEN = "test-admin-token"

@@ -13,8 +13,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import make_app
 from gateway.clock import ManualClock, SystemClock
-from gateway.config import build_config
 from gateway.coordinator import Coordinator
+from gateway.document import build_config
 from gateway.keys import AUTH, COORDINATOR
 from snapshots.store import Store
 from tests.conftest import ADDRESS, T0, TOKEN, Gateway, MakeGateway, base_config, discount, item, order

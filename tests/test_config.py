@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from gateway.cli import main
-from gateway.config import Config, ConfigError, build_config, demo_config, load_config
+from gateway.config import Config
+from gateway.document import ConfigError, build_config, demo_config, load_config
 from tests.conftest import Gateway, MakeGateway, base_config, discount, item, order
 
 SPEC_TOML = """

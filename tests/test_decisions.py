@@ -12,8 +12,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.app import make_app
 from gateway.cli import main
 from gateway.clock import ManualClock
-from gateway.config import build_config
 from gateway.coordinator import Coordinator
+from gateway.document import build_config
 from gateway.keys import DECISIONS
 from gateway.replay import replay
 from snapshots.store import Store

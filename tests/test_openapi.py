@@ -41,8 +41,8 @@ from gateway import openapi
 from gateway.app import make_app
 from gateway.clock import ManualClock
 from gateway.codec import MSGPACK
-from gateway.config import build_config
 from gateway.coordinator import Coordinator
+from gateway.document import build_config
 from snapshots.store import Store
 from tests.conftest import T0, TOKEN, Gateway, base_config, item, order
 

@@ -37,8 +37,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from gateway.clock import ManualClock
 from gateway.codec import digest
-from gateway.config import Config, build_config
+from gateway.config import Config
 from gateway.coordinator import Coordinator
+from gateway.document import build_config
 from gateway.errors import ApiError, Conflict, Gone
 from gateway.schema import CheckRequest, CheckResponse
 from gateway.types import OrderState, key

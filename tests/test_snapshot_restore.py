@@ -28,8 +28,9 @@ from gateway.app import make_app
 from gateway.cli import main
 from gateway.clock import Clock, ManualClock
 from gateway.codec import digest
-from gateway.config import Config, build_config
+from gateway.config import Config
 from gateway.coordinator import Coordinator
+from gateway.document import build_config
 from gateway.errors import Gone
 from gateway.schema import CheckRequest, CheckResponse, ClaimRequest
 from gateway.types import Code, Decision, OrderState
