@@ -22,8 +22,9 @@ Components, in the order a request meets them:
 - `actors/` (package beside this one): the ledger of subject, activity and SKU actors, orders and
   their footprints, sliding windows and the expiry heap. Restored subjects and settled orders stay
   encoded until first touched.
-- `snapshots/`: the journal, snapshot files, the state document, the store (restore, snapshots)
-  and `compact`, the process that writes snapshots.
+- `snapshots/`: the journal (its group-commit writer, `journal`, and its files and their reading
+  back, `journal_files`), snapshot files, the state document, the store (restore, snapshots) and
+  `compact`, the process that writes snapshots.
 
 A check flows one way: HTTP -> codec -> coordinator -> checks (read) -> journal record ->
 ledger (write) -> response after the journal's commit. Because the coordinator's step never

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from snapshots.journal import fsync_dir, numbered
+from snapshots.journal_files import fsync_dir, numbered
 
 T = TypeVar("T")
 

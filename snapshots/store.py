@@ -27,9 +27,10 @@ from pathlib import Path
 from gateway.clock import ManualClock
 from gateway.config import Config
 from gateway.coordinator import Coordinator
-from snapshots import journal as journal_files
+from snapshots import journal_files
 from snapshots import snapshot as snapshot_files
-from snapshots.journal import FsyncMode, Journal, JournalCorrupt, Replay
+from snapshots.journal import FsyncMode, Journal
+from snapshots.journal_files import JournalCorrupt, Replay
 from snapshots.snapshot import SnapshotCorrupt
 from snapshots.state import StateInvalid, decode, encode
 

@@ -29,7 +29,7 @@ import msgspec
 import pytest
 
 from actors.orders import Order
-from snapshots import journal as journal_files
+from snapshots import journal_files
 from snapshots import snapshot as snapshot_files
 from snapshots.state import State
 from snapshots.store import RestoreError

@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 
 from gateway.clock import ManualClock
-from snapshots import journal as journal_files
+from snapshots import journal_files
 from snapshots import snapshot as snapshot_files
+from snapshots.journal import DiskError, FsyncMode
 from snapshots.store import Store
 from tests.conftest import Gateway
 from tests.test_snapshot_restore import (
@@ -182,7 +183,7 @@ async def serve_until_full(gw: Gateway) -> None:
 @pytest.mark.parametrize("fsync", ["batch", "always"])
 @pytest.mark.parametrize("failing", ["fsync", "write", "short-write"])
 async def test_journal_failure_answers_503_until_writes_succeed_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync: journal_files.FsyncMode, failing: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync: FsyncMode, failing: str
 ) -> None:
     data = tmp_path / "data"
     disk = Disk(
@@ -245,7 +246,7 @@ async def test_journal_failure_through_the_coordinator_keeps_acknowledged_state(
     await journal.commit()
     disk.full = True
     check(coordinator, order_body("pending", "u2", device="d2"))
-    with pytest.raises(journal_files.DiskError):
+    with pytest.raises(DiskError):
         await journal.commit()
     assert not journal.writable()
     assert not await journal.retry()

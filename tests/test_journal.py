@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from snapshots import journal
+from snapshots import journal, journal_files
 
 
 async def write_records(directory: Path, n: int) -> Path:
@@ -21,7 +21,7 @@ async def write_records(directory: Path, n: int) -> Path:
         j.append(("clock", 1_800_000_000 + i))
     await j.commit()
     await j.close()
-    return journal.segment_path(directory, 1)
+    return journal_files.segment_path(directory, 1)
 
 
 def test_a_zero_filled_tail_is_dropped_as_torn(tmp_path: Path) -> None:
@@ -29,7 +29,7 @@ def test_a_zero_filled_tail_is_dropped_as_torn(tmp_path: Path) -> None:
     good = path.stat().st_size
     with path.open("ab") as f:
         f.write(b"\0" * 4096)  # a crash can leave the file extended with zeroed blocks
-    replay = journal.read(tmp_path, 0)
+    replay = journal_files.read(tmp_path, 0)
     assert [r[1] for r in replay.records] == [1_800_000_000 + i for i in range(5)]
     assert replay.torn is not None and "zero-filled" in replay.torn
     assert replay.torn_offset == good
@@ -40,11 +40,11 @@ def test_a_zero_filled_tail_is_dropped_as_torn(tmp_path: Path) -> None:
 def test_zeros_followed_by_a_record_are_damage_not_a_tail(tmp_path: Path) -> None:
     path = asyncio.run(write_records(tmp_path, 3))
     data = path.read_bytes()
-    magic = len(journal.MAGIC)
-    first_end = magic + journal.FRAME.size + journal.FRAME.unpack_from(data, magic)[0]
+    magic = len(journal_files.MAGIC)
+    first_end = magic + journal_files.FRAME.size + journal_files.FRAME.unpack_from(data, magic)[0]
     path.write_bytes(data[:first_end] + b"\0" * 8 + data[first_end:])
-    with pytest.raises(journal.JournalCorrupt, match="followed by more records"):
-        journal.read(tmp_path, 0)
+    with pytest.raises(journal_files.JournalCorrupt, match="followed by more records"):
+        journal_files.read(tmp_path, 0)
 
 
 class SlowDisk:
@@ -84,7 +84,7 @@ async def test_records_appended_during_an_fsync_go_out_in_the_next_round(tmp_pat
     assert j.fsyncs == 2  # one round for the first record, one for the three appended meanwhile
     assert disk.sizes[1] > disk.sizes[0]
     await j.close()
-    assert [r[0] for r in journal.read(tmp_path, 0).records] == ["clock"] * 4
+    assert [r[0] for r in journal_files.read(tmp_path, 0).records] == ["clock"] * 4
 
 
 async def test_a_bug_in_the_writer_fails_its_commits_and_the_next_commit_retries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -106,7 +106,7 @@ async def test_a_bug_in_the_writer_fails_its_commits_and_the_next_commit_retries
     assert await asyncio.wait_for(j.retry(), 5)
     assert j.durable == 1
     await j.close()
-    assert len(journal.read(tmp_path, 0).records) == 1
+    assert len(journal_files.read(tmp_path, 0).records) == 1
 
 
 async def test_a_rotation_switches_segments_in_the_writer_while_the_loop_appends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -128,14 +128,14 @@ async def test_a_rotation_switches_segments_in_the_writer_while_the_loop_appends
     await later
     await j.close()
     # segments are named by their first lsn and read without gaps: the first holds 1-2, the second 3
-    assert [first for first, _ in journal.segments(tmp_path)] == [1, 3]
-    assert [r[1] for r in journal.read(tmp_path, 0).records] == [1, 2, 3]
+    assert [first for first, _ in journal_files.segments(tmp_path)] == [1, 3]
+    assert [r[1] for r in journal_files.read(tmp_path, 0).records] == [1, 2, 3]
 
 
 async def test_a_rotation_that_cannot_start_a_segment_fails_and_the_journal_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     j = journal.Journal(tmp_path, 1, "batch")
     real_open = os.open
-    new_segment = str(journal.segment_path(tmp_path, 2))
+    new_segment = str(journal_files.segment_path(tmp_path, 2))
 
     def open_(path: str | Path, flags: int, mode: int = 0o777) -> int:
         if os.fspath(path) == new_segment:
@@ -150,8 +150,8 @@ async def test_a_rotation_that_cannot_start_a_segment_fails_and_the_journal_goes
     j.append(("clock", 2))
     await asyncio.wait_for(j.commit(), 5)
     await j.close()
-    assert [first for first, _ in journal.segments(tmp_path)] == [1]
-    assert [r[1] for r in journal.read(tmp_path, 0).records] == [1, 2]
+    assert [first for first, _ in journal_files.segments(tmp_path)] == [1]
+    assert [r[1] for r in journal_files.read(tmp_path, 0).records] == [1, 2]
 
 
 async def test_a_rotation_asked_during_a_failing_write_fails_and_the_journal_stays_whole(
@@ -191,8 +191,8 @@ async def test_a_rotation_asked_during_a_failing_write_fails_and_the_journal_sta
     j.append(("clock", 4))
     await asyncio.wait_for(j.commit(), 5)
     await j.close()
-    assert [first for first, _ in journal.segments(tmp_path)] == [1, 4]
-    assert [r[1] for r in journal.read(tmp_path, 0).records] == [1, 2, 3, 4]
+    assert [first for first, _ in journal_files.segments(tmp_path)] == [1, 4]
+    assert [r[1] for r in journal_files.read(tmp_path, 0).records] == [1, 2, 3, 4]
 
 
 async def test_a_failed_rotation_is_reported_after_its_round_so_a_retry_right_away_is_a_new_round(
@@ -218,4 +218,4 @@ async def test_a_failed_rotation_is_reported_after_its_round_so_a_retry_right_aw
         full = False
         assert await asyncio.wait_for(j.retry(), 5), f"round {n}: the retry was told of the failed round"
     await j.close()
-    assert [r[1] for r in journal.read(tmp_path, 0).records] == list(range(20))
+    assert [r[1] for r in journal_files.read(tmp_path, 0).records] == list(range(20))

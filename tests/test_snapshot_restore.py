@@ -34,7 +34,7 @@ from gateway.document import build_config
 from gateway.errors import Gone
 from gateway.schema import CheckRequest, CheckResponse, ClaimRequest
 from gateway.types import Code, Decision, OrderState
-from snapshots import journal as journal_files
+from snapshots import journal, journal_files
 from snapshots import snapshot as snapshot_files
 from snapshots import state as state_codec
 from snapshots.store import RestoreError, RestoreReport, Store
@@ -172,7 +172,7 @@ async def restore_dir(
     return coordinator, report
 
 
-async def open_store(directory: Path, clock: Clock | None = None, fsync: journal_files.FsyncMode = "always") -> tuple[Coordinator, Store]:
+async def open_store(directory: Path, clock: Clock | None = None, fsync: journal.FsyncMode = "always") -> tuple[Coordinator, Store]:
     """A serving coordinator on `directory` (seeded from durable_config when it is empty)."""
     coordinator = new_coordinator(clock)
     store = Store(directory, fsync=fsync)
@@ -181,7 +181,7 @@ async def open_store(directory: Path, clock: Clock | None = None, fsync: journal
     return coordinator, store
 
 
-def journal_of(store: Store) -> journal_files.Journal:
+def journal_of(store: Store) -> journal.Journal:
     assert store.journal is not None
     return store.journal
 
@@ -471,7 +471,7 @@ async def start(
     seed: dict[str, Any] | None = None,
     reload_config: bool = False,
     clock: ManualClock | None = None,
-    fsync: journal_files.FsyncMode = "batch",
+    fsync: journal.FsyncMode = "batch",
 ) -> Gateway:
     """A gateway serving over HTTP on `directory` (restored by the app's cleanup context)."""
     clock = clock or ManualClock(T0)
