@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from gateway.values import MAX_MONEY, MAX_QUANTITY, Id, Money
+from gateway.values import MAX_MONEY, MAX_QUANTITY, Id, IdText, Money, check_ids
 from gateway.types import Decision, Notice, OrderState, Reason
 
 Text = Annotated[str, msgspec.Meta(max_length=256)]
@@ -38,39 +38,47 @@ class Receiver(Wire):
 
 
 class Discount(Wire):
-    id: Id
+    id: IdText
     amount: Money
-    kind: Id | None = None
-    activity_id: Id | None = None
+    kind: IdText | None = None
+    activity_id: IdText | None = None
     funded_by: Literal["platform", "partner"] = "platform"
 
 
 class Item(Wire):
-    sku_id: Id
+    sku_id: IdText
     quantity: Annotated[int, msgspec.Meta(ge=1, le=MAX_QUANTITY)]
     unit_price: Money
     discounts: Annotated[list[Discount], msgspec.Meta(max_length=MAX_DISCOUNTS)] = []
 
 
 class CheckRequest(Wire):
-    order_id: Id
-    user_id: Id
+    """Its ids are `IdText`s, checked together by `check_ids` (the hot path's decoding)."""
+
+    order_id: IdText
+    user_id: IdText
     items: Annotated[list[Item], msgspec.Meta(min_length=1, max_length=MAX_ITEMS)]
-    device_id: Id | None = None
+    device_id: IdText | None = None
     ip: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
     receiver: Receiver | None = None
     on_refusal: Literal["deny", "degrade"] = "deny"
 
     def __post_init__(self) -> None:
-        if sum(item.unit_price * item.quantity for item in self.items) > MAX_MONEY:
-            raise ValueError(f"the order is worth more than {MAX_MONEY} (unit_price x quantity, all items)")
+        ids = [self.order_id, self.user_id, self.device_id or "-"]
+        worth = 0
         for i, item in enumerate(self.items):
-            total = sum(d.amount for d in item.discounts)
-            if total > item.unit_price * item.quantity:
-                raise ValueError(
-                    f"items[{i}]: discounts ({total}) exceed the item's price "
-                    f"({item.unit_price} x {item.quantity})"
-                )
+            price = item.unit_price * item.quantity
+            worth += price
+            total = 0
+            ids.append(item.sku_id)
+            for d in item.discounts:
+                total += d.amount
+                ids += (d.id, d.kind or "-", d.activity_id or "-")
+            if total > price:
+                raise ValueError(f"items[{i}]: discounts ({total}) exceed the item's price ({item.unit_price} x {item.quantity})")
+        if worth > MAX_MONEY:
+            raise ValueError(f"the order is worth more than {MAX_MONEY} (unit_price x quantity, all items)")
+        check_ids(ids)
 
 
 class ClaimRequest(Wire):

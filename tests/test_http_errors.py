@@ -134,6 +134,13 @@ BAD_BODIES: dict[str, Any] = {
     "sku_id empty": with_item(sku_id=""),
     "device_id empty": with_top(device_id=""),
     "discount id empty": with_discount(id=""),
+    # control characters (actor keys join ids with \x1f)
+    "user_id with a unit separator": with_top(user_id="u\x1f1"),
+    "device_id with a NUL": with_top(device_id="d\x001"),
+    "sku_id with a tab": with_item(sku_id="S\t1"),
+    "discount id with a DEL": with_discount(id="D\x7f"),
+    "activity_id with a newline": with_discount(activity_id="A\n1"),
+    "non-ASCII user_id with a control character": with_top(user_id="用户\x1f1"),
     # unknown fields
     "item field quantty": {**good(), "items": [{"sku_id": "S1", "quantty": 1, "quantity": 1, "unit_price": 1000}]},
     "unknown top-level key": with_top(coupon="C1"),
@@ -396,6 +403,17 @@ async def test_overloaded_gateway_still_answers_healthz(gw_factory: MakeGateway)
     health = await gw.client.get("/healthz")
     assert health.status == 200
     assert (await health.json())["status"] == "ok"
+
+
+async def test_an_id_with_a_control_character_is_named_in_the_error(gw: Gateway) -> None:
+    status, data = await post_raw(gw, json.dumps(BAD_BODIES["sku_id with a tab"]).encode())
+    assert status == 400
+    assert data["error"]["message"].startswith("ids may not contain control characters: 'S\\t1'"), data
+
+
+async def test_non_ascii_ids_are_accepted(gw: Gateway) -> None:
+    res = await gw.check(order(item("S1", 1, 1000), user="用户一号"))
+    assert res["decision"] == "allow", res
 
 
 @pytest.mark.parametrize(
