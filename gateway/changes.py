@@ -27,13 +27,20 @@ def validate_entry(section: str, ident: str, raw: Any) -> Any:
     return convert_entry(raw, kind, f"{section}/{ident}")
 
 
+def _token_kept(settings: Settings, old: Config) -> Settings:
+    """Settings without an admin token (as `GET` shows them, or a `null`) keep the one in force:
+    sending back what one read must not lock every operator out."""
+    if settings.admin_token is None:
+        settings.admin_token = old.settings.admin_token
+    return settings
+
+
 def apply_change(cfg: Config, ledger: Ledger, record: Record) -> Config:
     """Apply one admin record; returns the configuration that stands after it."""
     op = record[0]
     if op == "config":
         new = build_config(record[1])
-        if new.settings.admin_token is None:
-            new.settings.admin_token = cfg.settings.admin_token
+        new.settings = _token_kept(new.settings, cfg)
         return new
     if op == "put":
         _, section, ident, entry = record
@@ -42,7 +49,7 @@ def apply_change(cfg: Config, ledger: Ledger, record: Record) -> Config:
         _, section, ident = record
         cfg.section(section).pop(ident, None)
     elif op == "settings":
-        cfg.settings = convert_entry(record[1], Settings, "settings")
+        cfg.settings = _token_kept(convert_entry(record[1], Settings, "settings"), cfg)
     elif op == "list":
         _, name, kind, value, present = record
         lists = cfg.list_set(_list_name(name))

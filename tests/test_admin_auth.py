@@ -503,3 +503,24 @@ async def test_the_environment_token_wins_over_the_configurations(monkeypatch: p
         resp = await client.get("/v1/admin/config", headers={"Authorization": f"Bearer {token}"})
         assert resp.status == expected, token
     await client.close()
+
+
+async def test_settings_without_a_token_keep_the_one_in_force(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GET shows "admin_token": null; sending that back (or a null) must not lock everyone out.
+    monkeypatch.delenv("FLASHGUARD_ADMIN_TOKEN", raising=False)
+    doc = base_config()
+    doc["settings"]["admin_token"] = "config-token-123"
+    client: TestClient[Any, Any] = TestClient(TestServer(make_app(Coordinator(build_config(doc), ManualClock(T0)))))
+    await client.start_server()
+    auth = {"Authorization": "Bearer config-token-123"}
+    settings = (await (await client.get("/v1/admin/config", headers=auth)).json())["settings"]
+    assert settings["admin_token"] is None
+    for method, path, body in (
+        ("PATCH", "/v1/admin/settings", {"admin_token": None}),
+        ("PATCH", "/v1/admin/settings", settings),
+        ("PUT", "/v1/admin/config", {**doc, "settings": settings}),
+    ):
+        resp = await client.request(method, path, json=body, headers=auth)
+        assert resp.status == 200, (method, body, await resp.text())
+        assert (await client.get("/v1/admin/config", headers=auth)).status == 200, (method, body)
+    await client.close()
