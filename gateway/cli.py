@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -22,6 +23,23 @@ from snapshots.store import RestoreError, Store
 log = logging.getLogger("flashguard")
 
 
+def _within(kind: type[int] | type[float], low: float, high: float | None = None) -> Callable[[str], float]:
+    """An argparse type for a number in [low, high]: a port of 99999 or a negative interval is a
+    usage error at start, not a surprise later."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value < low or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, not {text}")
+        return value
+
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flashguard", description="Order anti-abuse gateway for flash sales.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -29,14 +47,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="TOML or JSON configuration (default: the embedded demo)")
     serve.add_argument("--data", type=Path, default=Path("data"), help="data directory (default: ./data)")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--port", type=_within(int, 1, 65535), default=8080)
     serve.add_argument("--manual-clock", action="store_true", help="time moves only by POST /v1/admin/clock")
     serve.add_argument("--reload-config", action="store_true", help="apply --config over a restored configuration")
-    serve.add_argument("--max-inflight", type=int, default=DEFAULT_MAX_INFLIGHT, help="requests in flight before 429")
+    serve.add_argument("--max-inflight", type=_within(int, 1), default=DEFAULT_MAX_INFLIGHT, help="requests in flight before 429")
     serve.add_argument(
         "--fsync", choices=["always", "batch", "off"], default="batch", help="journal durability (see README)"
     )
-    serve.add_argument("--snapshot-every", type=float, default=60.0, help="seconds between snapshots (0: only at stop)")
+    serve.add_argument("--snapshot-every", type=_within(float, 0), default=60.0, help="seconds between snapshots (0: only at stop)")
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file", type=Path)
     rerun = sub.add_parser("replay", help="re-run logged orders against another configuration")
@@ -110,7 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as e:
             print("\n".join(f"{args.config}: {err}" for err in e.errors), file=sys.stderr)
             return 1
-        print_report(replay(cfg, args.logs))
+        try:
+            report = replay(cfg, args.logs)
+        except OSError as e:
+            print(f"{e.filename}: {e.strerror}", file=sys.stderr)
+            return 1
+        print_report(report)
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
     try:

@@ -141,13 +141,20 @@ class DecisionLog:
                     yield entry
 
 
-def read_log(paths: list[Path]) -> Iterator[dict[str, Any]]:
-    """Every well-formed entry of the given log files, in file order (for replay)."""
+def read_log(paths: list[Path]) -> tuple[list[dict[str, Any]], int]:
+    """Every well-formed entry of the given log files, in file order (for replay), and how many
+    non-empty lines were not entries (a torn last line, or a file that is not a decision log).
+    An unreadable file raises OSError."""
+    entries: list[dict[str, Any]] = []
+    skipped = 0
     for path in paths:
         for line in path.read_bytes().splitlines():
             try:
                 entry = msgspec.json.decode(line)
             except msgspec.DecodeError:
-                continue
+                entry = None
             if isinstance(entry, dict):
-                yield entry
+                entries.append(entry)
+            elif line.strip():
+                skipped += 1
+    return entries, skipped

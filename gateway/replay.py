@@ -32,6 +32,7 @@ class ReplayReport:
     checks: int = 0
     claims: int = 0
     unchanged: int = 0
+    skipped: int = 0  # lines of the files that were not decision-log entries
     changed: Counter[str] = field(default_factory=Counter)  # "allow->deny": n
     newly_refused_by: Counter[str] = field(default_factory=Counter)  # "RISK_RULE:R1": n
     newly_allowed_was: Counter[str] = field(default_factory=Counter)  # the logged reasons that went away
@@ -42,6 +43,7 @@ class ReplayReport:
             "checks": self.checks,
             "claims": self.claims,
             "unchanged": self.unchanged,
+            "skipped_lines": self.skipped,
             "changed": dict(self.changed),
             "newly_refused_by": dict(self.newly_refused_by.most_common()),
             "newly_allowed_was": dict(self.newly_allowed_was.most_common()),
@@ -76,10 +78,12 @@ def _compare(report: ReplayReport, entry: dict[str, Any], new: CheckResponse) ->
 
 
 def replay(config: Config, logs: list[Path]) -> ReplayReport:
-    entries = sorted(read_log(logs), key=lambda e: (e.get("now", 0), e.get("t", 0)))
+    """Raises OSError for a log file that cannot be read."""
+    entries, skipped = read_log(logs)
+    entries.sort(key=lambda e: (e.get("now", 0), e.get("t", 0)))
     clock = ManualClock(entries[0].get("now", 0) if entries else 0)
     coordinator = Coordinator(config, clock)
-    report = ReplayReport()
+    report = ReplayReport(skipped=skipped)
     for entry in entries:
         now = entry.get("now")
         if isinstance(now, int) and now > clock.now():
@@ -105,6 +109,8 @@ def replay(config: Config, logs: list[Path]) -> ReplayReport:
 def print_report(report: ReplayReport) -> None:
     out = sys.stdout
     out.write(f"replayed {report.checks} checks and {report.claims} claims: {report.unchanged} unchanged\n")
+    if report.skipped:
+        out.write(f"skipped {report.skipped} lines that are not decision-log entries\n")
     for change, n in report.changed.most_common():
         out.write(f"  {change}: {n}\n")
     if report.newly_refused_by:

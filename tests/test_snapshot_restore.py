@@ -25,7 +25,6 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from actors.orders import Order
 from gateway.app import make_app
-from gateway.cli import main
 from gateway.clock import Clock, ManualClock
 from gateway.codec import digest
 from gateway.config import Config
@@ -847,16 +846,6 @@ async def test_http_reload_config_over_restored_admin_changes(tmp_path: Path) ->
     assert await again.user("u1") == user_before
     assert (await again.get("r1"))["state"] == "held"
     await again.client.close()
-
-
-def test_reload_config_without_a_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # Without --config the start-up configuration is the demo: reloading it would wipe the
-    # operator's restored configuration, so the command line refuses before touching the data.
-    with pytest.raises(SystemExit) as exit_:
-        main(["serve", "--data", str(tmp_path / "data"), "--reload-config"])
-    assert exit_.value.code == 2
-    assert "--reload-config applies the --config file" in capsys.readouterr().err
-    assert not (tmp_path / "data").exists()
 
 
 HOLDER = "import sys; from pathlib import Path; from snapshots.store import Store; Store(Path(sys.argv[1])).claim(); print('held', flush=True); sys.stdin.read()"
