@@ -203,10 +203,16 @@ async def move_clock(request: web.Request) -> web.Response:
     return respond(request, {"now": clock.now(), "expired": expired})
 
 
+DECISION_FILTERS = frozenset({"user_id", "order_id", "code", "since", "limit"})
+
+
 @routes.get("/v1/admin/decisions")
 async def decisions(request: web.Request) -> web.Response:
     """Why was this buyer refused? Filters: user_id, order_id, code, since (unix seconds), limit."""
     q = request.query
+    unknown = sorted(set(q) - DECISION_FILTERS)
+    if unknown:  # a typo would otherwise answer every decision, unfiltered
+        raise BadRequest("invalid_query", f"unknown parameter {', '.join(unknown)} (use {', '.join(sorted(DECISION_FILTERS))})")
     try:
         since = float(q["since"]) if "since" in q else None
         limit = int(q.get("limit", "100"))

@@ -127,7 +127,7 @@ async def settle_token(auth: Auth, coordinator: Coordinator) -> None:
         await coordinator.journal.commit()
         print(f"admin token (set FLASHGUARD_ADMIN_TOKEN to choose one): {token}", flush=True)
     elif not auth.fixed:
-        log.info("admin token: the one in the configuration (printed when it was made)")
+        log.info("admin token: settings.admin_token of the configuration (set there, or made and printed at an earlier start)")
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -85,7 +85,7 @@ def _durability(store: Store) -> Iterator[Metric]:
     taken.add_metric(["failed"], stats.failed)
     yield taken
     yield GaugeMetricFamily("flashguard_snapshot_seconds", "Time of the last snapshot", value=stats.last_seconds)
-    yield GaugeMetricFamily("flashguard_snapshot_fork_pause_seconds", "Event-loop pause of the last fork", value=stats.last_fork_pause)
+    yield GaugeMetricFamily("flashguard_snapshot_fork_pause_seconds", "Event-loop pause to start the last snapshot's process", value=stats.last_fork_pause)
 
 
 def _budgets(coordinator: Coordinator) -> Iterator[Metric]:

@@ -56,7 +56,7 @@ async def test_confirms_cancels_and_claims_are_logged(gw: Gateway) -> None:
     assert kinds == ["claim", "cancel", "confirm", "check"]
 
 
-@pytest.mark.parametrize("query", ["since=yesterday", "limit=0", "limit=x", "limit=10001"])
+@pytest.mark.parametrize("query", ["since=yesterday", "limit=0", "limit=x", "limit=10001", "user=u1", "user_id=u1&sicne=1"])
 async def test_a_bad_query_is_400_and_the_token_is_required(gw: Gateway, query: str) -> None:
     err = await gw.admin("GET", f"decisions?{query}", status=400)
     assert err["error"]["code"] == "invalid_query"
