@@ -64,7 +64,7 @@ class CheckRequest(Wire):
     on_refusal: Literal["deny", "degrade"] = "deny"
 
     def __post_init__(self) -> None:
-        ids = [self.order_id, self.user_id, self.device_id or "-"]
+        ids = [self.order_id, self.user_id, self.device_id or ""]
         worth = 0
         for i, item in enumerate(self.items):
             price = item.unit_price * item.quantity
@@ -73,7 +73,7 @@ class CheckRequest(Wire):
             ids.append(item.sku_id)
             for d in item.discounts:
                 total += d.amount
-                ids += (d.id, d.kind or "-", d.activity_id or "-")
+                ids += (d.id, d.kind or "", d.activity_id or "")
             if total > price:
                 raise ValueError(f"items[{i}]: discounts ({total}) exceed the item's price ({item.unit_price} x {item.quantity})")
         if worth > MAX_MONEY:
