@@ -22,9 +22,10 @@ def validate_entry(section: str, ident: str, raw: Any) -> Any:
     kind, id_field = SECTIONS[section]
     if isinstance(raw, dict):
         raw = {id_field: ident, **raw}
-        if raw[id_field] != ident:
-            raise ConfigError([f"{section}/{ident}: {id_field} {raw[id_field]!r} does not match the path"])
-    return convert_entry(raw, kind, f"{section}/{ident}")
+    entry = convert_entry(raw, kind, f"{section}/{ident}")
+    if getattr(entry, id_field) != ident:  # compared once valid: a raw value may be anything
+        raise ConfigError([f"{section}/{ident}: {id_field} {getattr(entry, id_field)!r} does not match the path"])
+    return entry
 
 
 def _token_kept(settings: Settings, old: Config) -> Settings:

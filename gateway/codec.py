@@ -51,6 +51,8 @@ def _loads(body: bytes, content_type: str) -> Any:
         return msgspec.json.decode(body)
     except msgspec.DecodeError as e:
         raise BadRequest("malformed_body", f"the body is not valid JSON: {e}") from None
+    except RecursionError:  # about a thousand levels of arrays or objects
+        raise BadRequest("malformed_body", "the body is nested too deeply") from None
 
 
 async def parse(request: web.Request, limit: int = ADMIN_BODY_LIMIT) -> Any:

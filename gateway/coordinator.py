@@ -193,12 +193,13 @@ class Coordinator:
 
     def confirm(self, order_id: str) -> OrderView:
         order = self.order(order_id)
-        now = self.clock.now()
-        self.expire_due(now)
-        if order.state is OrderState.HELD:
-            self._confirm(order, now)
-            self.journal.append(("confirm", order_id, now))
-        elif order.state is OrderState.EXPIRED:
+        if order.state is OrderState.HELD:  # only a held order's answer depends on what is due now
+            now = self.clock.now()
+            self.expire_due(now)
+            if order.state is OrderState.HELD:
+                self._confirm(order, now)
+                self.journal.append(("confirm", order_id, now))
+        if order.state is OrderState.EXPIRED:
             raise Gone("hold_expired", f"the hold of order {order_id!r} expired at {order.expires_at}")
         elif order.state is not OrderState.CONFIRMED:
             raise Conflict("order_not_held", f"order {order_id!r} is {order.state.value} and cannot be confirmed")

@@ -312,6 +312,26 @@ async def test_malformed_admin_body_is_400(gw: Gateway) -> None:
     assert await gw.admin("GET", "config") == before
 
 
+DEEP = 1000  # levels: past the interpreter's recursion limit, under msgpack's own (1024)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "content_type", "raw"),
+    [
+        ("PUT", "config", "application/json", b"[" * DEEP),
+        ("PATCH", "settings", "application/json", b'{"locale":' + b"[" * DEEP + b"1" + b"]" * DEEP + b"}"),
+        ("PUT", "skus/S1", "application/json", b'{"cost_price":' + b"[" * DEEP + b"]" * DEEP + b"}"),
+        ("PUT", "skus/X1", "application/msgpack", b"\x81\xa6sku_id" + b"\x91" * DEEP + b"\x01"),
+    ],
+    ids=["json-config", "json-settings", "json-entry", "msgpack-entry-id"],
+)
+async def test_a_deeply_nested_admin_body_is_400(gw: Gateway, method: str, path: str, content_type: str, raw: bytes) -> None:
+    before = await gw.admin("GET", "config")
+    resp = await gw.client.request(method, f"/v1/admin/{path}", data=raw, headers={**gw.auth, "Content-Type": content_type})
+    assert resp.status == 400, await resp.read()
+    assert await gw.admin("GET", "config") == before
+
+
 async def test_unknown_admin_section_is_404(gw: Gateway) -> None:
     assert_error(await gw.admin("PUT", "widgets/W1", {"a": 1}, status=404))
 
