@@ -50,7 +50,7 @@ def run(checks: int, rules: int, users: int, per_second: int) -> dict[str, objec
     for i, (req, dig) in enumerate(zip(requests, digests)):
         if i % per_second == 0:
             clock.advance(1)
-        decisions[coordinator.check(req, dig).decision.value] += 1
+        decisions[coordinator.check(req, dig)[0].decision.value] += 1
     core = time.perf_counter() - start
 
     # The whole in-process path: decode, digest, check, encode.
@@ -60,7 +60,7 @@ def run(checks: int, rules: int, users: int, per_second: int) -> dict[str, objec
         if i % per_second == 0:
             clock.advance(1)
         req = msgspec.json.decode(body, type=CheckRequest)
-        encoder.encode(coordinator.check(req, digest(req)))
+        encoder.encode(coordinator.check(req, digest(req))[0])
     full = time.perf_counter() - start
 
     return {

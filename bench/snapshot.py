@@ -47,7 +47,7 @@ async def build(users: int, skus: int, holds: int, data: Path) -> tuple[Coordina
     for i, body in enumerate(bodies):
         body["user_id"] = f"u{i}"  # every user once: `users` distinct users
         req = msgspec.convert(body, CheckRequest)
-        res = coordinator.check(req, digest(req))
+        res, _ = coordinator.check(req, digest(req))
         if res.decision.value != "deny" and i >= holds:
             coordinator.confirm(req.order_id)
         if i % 10_000 == 0:

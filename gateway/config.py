@@ -28,7 +28,6 @@ from gateway.values import (
     PosInt,
     Ratio,
     Seconds,
-    named,
     parse_duration,
     parse_ratio,
 )
@@ -48,11 +47,10 @@ class Limits(Entry):
 
 
 class PriceFuse(Entry):
+    PARSED = {"ratio": parse_ratio}
+
     base: Literal["cost", "original"]
     ratio: Ratio
-
-    def __post_init__(self) -> None:
-        named("ratio", parse_ratio, self.ratio)
 
 
 class Sku(Entry):
@@ -158,18 +156,22 @@ class Scope(Entry):
         return ALL_SKUS
 
 
+def parse_window(value: Duration) -> int:
+    seconds = parse_duration(value)
+    if seconds > MAX_WINDOW:
+        raise ValueError(f"{value!r} is longer than 7d")
+    return seconds
+
+
 class Rule(Entry):
+    PARSED = {"window": parse_window}
+
     rule_id: Id
     subject: Subject
     window: Duration
     max_quantity: Annotated[int, msgspec.Meta(ge=0, le=MAX_QUANTITY * 1000)]
     scope: Scope = msgspec.field(default_factory=Scope)
     mode: Literal["enforce", "shadow"] = "enforce"
-
-    def __post_init__(self) -> None:
-        named("window", parse_duration, self.window)
-        if self.window_seconds > MAX_WINDOW:
-            raise ValueError(f"window {self.window!r} is longer than 7d")
 
     @cached_property
     def window_seconds(self) -> int:
@@ -196,6 +198,8 @@ class Messages(Entry):
 class Settings(Entry, omit_defaults=False):
     """Shown whole by `GET /v1/admin/config`, defaults included: operators look for them there."""
 
+    PARSED = {"hold_ttl": parse_duration, "risk_multiplier": parse_ratio}
+
     hold_ttl: Duration = "15m"
     risk_multiplier: Ratio = "1.0"
     unknown: Literal["allow", "deny"] = "allow"
@@ -203,10 +207,6 @@ class Settings(Entry, omit_defaults=False):
     locale: Literal["zh", "en"] = "zh"
     messages: Messages = msgspec.field(default_factory=Messages)
     admin_token: Annotated[str, msgspec.Meta(min_length=8, max_length=256)] | None = None
-
-    def __post_init__(self) -> None:
-        named("hold_ttl", parse_duration, self.hold_ttl)
-        named("risk_multiplier", parse_ratio, self.risk_multiplier)
 
     @cached_property
     def hold_ttl_seconds(self) -> int:

@@ -74,21 +74,14 @@ class Coordinator:
 
     # -- checks ---------------------------------------------------------------------------
 
-    def check(self, req: CheckRequest, digest: bytes) -> CheckResponse:
-        """An order's answer: the stored one for a repeat (SPEC: counted once), else a new decision."""
-        return self.answered(req.order_id, digest) or self.check_new(req, digest)
-
-    def answered(self, order_id: str, digest: bytes) -> CheckResponse | None:
-        """The first answer to an order already checked with this body (409 for another body)."""
-        existing = self.orders.get(order_id)
-        if existing is None:
-            return None
-        if existing.digest != digest:
-            raise Conflict("order_id_reused", f"order {order_id!r} was already checked with a different body")
-        return _response_decoder.decode(existing.response)
-
-    def check_new(self, req: CheckRequest, digest: bytes) -> CheckResponse:
-        """Decide an order not checked before (see `answered`), hold what it uses, journal it."""
+    def check(self, req: CheckRequest, digest: bytes) -> tuple[CheckResponse, bool]:
+        """An order's answer, and whether it repeats the first one: the same body again is
+        answered as the first time and counts once (SPEC section 3); another body is a 409."""
+        existing = self.orders.get(req.order_id)
+        if existing is not None:
+            if existing.digest != digest:
+                raise Conflict("order_id_reused", f"order {req.order_id!r} was already checked with a different body")
+            return _response_decoder.decode(existing.response), True
         now = self.clock.now()
         self.expire_due(now)
         cfg = self.config
@@ -123,7 +116,7 @@ class Coordinator:
         )
         self.journal.append(("check", order))  # before the state changes: if it raises, nothing did
         self._hold(order)
-        return response
+        return response, False
 
     def _decide(
         self, req: CheckRequest, subj: Subjects, ev: Evaluation, now: int
@@ -193,13 +186,12 @@ class Coordinator:
 
     def confirm(self, order_id: str) -> OrderView:
         order = self.order(order_id)
-        if order.state is OrderState.HELD:  # only a held order's answer depends on what is due now
-            now = self.clock.now()
-            self.expire_due(now)
-            if order.state is OrderState.HELD:
-                self._confirm(order, now)
-                self.journal.append(("confirm", order_id, now))
-        if order.state is OrderState.EXPIRED:
+        now = self.clock.now()
+        self.expire_due(now)
+        if order.state is OrderState.HELD:
+            self._confirm(order, now)
+            self.journal.append(("confirm", order_id, now))
+        elif order.state is OrderState.EXPIRED:
             raise Gone("hold_expired", f"the hold of order {order_id!r} expired at {order.expires_at}")
         elif order.state is not OrderState.CONFIRMED:
             raise Conflict("order_not_held", f"order {order_id!r} is {order.state.value} and cannot be confirmed")

@@ -72,16 +72,22 @@ def _field_errors(raw: Any, kind: type[msgspec.Struct], where: str) -> list[str]
             continue
         try:
             msgspec.convert(value, f.type)
+            if (parse := getattr(kind, "PARSED", {}).get(name)) is not None:
+                parse(value)
         except msgspec.ValidationError as e:
             path, msg = _where(e)
             errors.append(f"{where}.{name}{path}: {msg}")
+        except ValueError as e:
+            errors.append(f"{where}.{name}: {e}")
     return errors
 
 
 def entry_label(section: str, index: int, raw: Any) -> str:
     id_field = SECTIONS[section][1]
     ident = raw.get(id_field) if isinstance(raw, dict) else None
-    return f"{section}[{index}] ({id_field}={ident})" if isinstance(ident, str) else f"{section}[{index}]"
+    if not isinstance(ident, str):
+        return f"{section}[{index}]"
+    return f"{section}[{index}] ({id_field}={ident if ident.isprintable() else repr(ident)})"  # no raw control characters in a log
 
 
 def build_config(raw: Any) -> Config:

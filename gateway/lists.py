@@ -9,14 +9,14 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from gateway.values import Entry, Id, fold_path, fold_phone
+from gateway.values import PRINTABLE, Entry, Id, fold_path, fold_phone
 
 ListKind = Literal["user", "device", "phone", "address", "discount"]
 LIST_KINDS: tuple[ListKind, ...] = ("user", "device", "phone", "address", "discount")
 ListName = Literal["blacklist", "whitelist"]
 
 
-AddressPath = Annotated[str, msgspec.Meta(min_length=1, max_length=512, pattern="^[^\\x00-\\x1f\\x7f]+$")]
+AddressPath = Annotated[str, msgspec.Meta(min_length=1, max_length=512, pattern=PRINTABLE)]
 
 
 class ListEntries(Entry):

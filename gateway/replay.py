@@ -93,7 +93,7 @@ def replay(config: Config, logs: list[Path]) -> ReplayReport:
             if kind == "check" and "request" in entry:
                 req = msgspec.convert(entry["request"], CheckRequest)
                 report.checks += 1
-                _compare(report, entry, coordinator.check(req, digest(req)))
+                _compare(report, entry, coordinator.check(req, digest(req))[0])
             elif kind == "claim" and "request" in entry:
                 report.claims += 1
                 _compare(report, entry, coordinator.claim(msgspec.convert(entry["request"], ClaimRequest)))

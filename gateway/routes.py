@@ -22,11 +22,9 @@ async def check(request: web.Request) -> web.Response:
     start = time.perf_counter()
     req = await decode(request, CheckRequest)
     coordinator = request.app[COORDINATOR]
-    dig = digest(req)
-    repeat = coordinator.answered(req.order_id, dig)
-    response = repeat or coordinator.check_new(req, dig)
+    response, repeated = coordinator.check(req, digest(req))
     await coordinator.journal.commit()  # a repeat too: its first answer may still be on its way to disk
-    if repeat is not None:  # a checkout retry: decided, counted and logged the first time
+    if repeated:  # a checkout retry: decided, counted and logged the first time
         request.app[STATS].repeats += 1
         return respond(request, response)
     request.app[STATS].observe_check(response, time.perf_counter() - start, req)

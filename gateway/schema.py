@@ -7,11 +7,11 @@ decode JSON and MessagePack bodies, so both content types mean exactly the same 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
-from gateway.values import MAX_MONEY, MAX_QUANTITY, Id, IdText, Money, check_ids
+from gateway.values import MAX_MONEY, MAX_QUANTITY, Id, IdText, Money, control_character
 from gateway.types import Decision, Notice, OrderState, Reason
 
 Text = Annotated[str, msgspec.Meta(max_length=256)]
@@ -53,7 +53,7 @@ class Item(Wire):
 
 
 class CheckRequest(Wire):
-    """Its ids are `IdText`s, checked together by `check_ids` (the hot path's decoding)."""
+    """Its ids are `IdText`s, checked together by `control_character` (the hot path's decoding)."""
 
     order_id: IdText
     user_id: IdText
@@ -78,7 +78,21 @@ class CheckRequest(Wire):
                 raise ValueError(f"items[{i}]: discounts ({total}) exceed the item's price ({item.unit_price} x {item.quantity})")
         if worth > MAX_MONEY:
             raise ValueError(f"the order is worth more than {MAX_MONEY} (unit_price x quantity, all items)")
-        check_ids(ids)
+        bad = control_character(ids)
+        if bad is not None:
+            raise ValueError(f"{_path_of(msgspec.to_builtins(self), bad)} may not contain control characters ({bad!r})")
+
+
+def _path_of(value: Any, target: str, at: str = "") -> str | None:
+    """Where `target` sits in a decoded body ('items[0].sku_id'), for an error message."""
+    if value == target:
+        return at
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        found = _path_of(child, target, f"{at}[{key}]" if isinstance(key, int) else f"{at}.{key}" if at else key)
+        if found is not None:
+            return found
+    return None
 
 
 class ClaimRequest(Wire):

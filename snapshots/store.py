@@ -75,7 +75,9 @@ class Store:
     def claim(self) -> None:
         """One server per data directory: two would interleave their journal records, and both
         acknowledge decisions that no restart could then replay. A POSIX lock on `LOCK`, which the
-        kernel drops when the process ends, `kill -9` included: no stale lock to clear by hand."""
+        kernel drops when the process ends, `kill -9` included: no stale lock to clear by hand. It
+        belongs to the process, so only other processes are refused (tests and `bench` reopen a
+        directory in one process to play a restart)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
         try:

@@ -21,6 +21,8 @@ from tests.conftest import base_config
         (["--port", "http"], "--port: 'http' is not a number"),
         (["--max-inflight", "0"], "--max-inflight: must be at least 1, not 0"),
         (["--snapshot-every", "-5"], "--snapshot-every: must be at least 0, not -5"),
+        (["--snapshot-every", "nan"], "--snapshot-every: must be at least 0, not nan"),
+        (["--snapshot-every", "inf"], "--snapshot-every: must be at least 0, not inf"),
     ],
 )
 def test_a_bad_serve_flag_is_a_usage_error(

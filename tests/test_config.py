@@ -265,6 +265,13 @@ def test_bad_ratios_are_refused_at_their_entry(value: Any) -> None:
     assert error.startswith("skus[0] (sku_id=S1).price_fuse") and "ratio" in error, error
 
 
+@pytest.mark.parametrize("value", ["S1\n", "S\t1", "S\x1f1", "S\x7f"])
+def test_an_id_with_a_control_character_is_refused(value: str) -> None:
+    # A trailing newline too (Python's `$` would let it through): the SKU could never be ordered.
+    error = one_error({"skus": [{"sku_id": value}]})
+    assert error.startswith(f"skus[0] (sku_id={value!r}).sku_id: Expected `str` matching regex"), error
+
+
 def test_bad_risk_multiplier_error_names_the_field() -> None:
     error = one_error({"settings": {"risk_multiplier": "abc"}})
     assert error.startswith("settings") and "risk_multiplier" in error, error
@@ -493,20 +500,34 @@ colour = "red"
 subject = "town"
 window = "1h"
 max_quantity = 1.5
+
+[[rules]]
+rule_id = "R2"
+subject = "user"
+window = "8d"
+max_quantity = -1
+
+[settings]
+hold_ttl = "soon"
+risk_multiplier = "abc"
 """,
         encoding="utf-8",
     )
     assert main(["check-config", str(path)]) == 1
     errors = [line.removeprefix(f"{path}: ") for line in capsys.readouterr().err.splitlines()]
     assert errors == [
+        "settings.hold_ttl: bad duration 'soon': use whole seconds or '30s', '15m', '1h', '7d'",
+        "settings.risk_multiplier: bad ratio 'abc': use a decimal such as '0.95'",
         "skus[0] (sku_id=S1).limits.user: Expected `int` >= 1",
         "skus[0] (sku_id=S1).limits.receiver_name: Expected `int | null`, got `str`",
-        "skus[0] (sku_id=S1).price_fuse: ratio: bad ratio 'abc': use a decimal such as '0.95'",
+        "skus[0] (sku_id=S1).price_fuse.ratio: bad ratio 'abc': use a decimal such as '0.95'",
         "skus[0] (sku_id=S1): Object contains unknown field `colour`",
         "rules[0]: Object missing required field `rule_id`",
         "rules[0].subject: Invalid enum value 'town'",
         "rules[0].max_quantity: Expected `int`, got `float`",
-        "7 error(s)",
+        "rules[1] (rule_id=R2).window: '8d' is longer than 7d",
+        "rules[1] (rule_id=R2).max_quantity: Expected `int` >= 0",
+        "11 error(s)",
     ]
 
 

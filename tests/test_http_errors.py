@@ -136,6 +136,7 @@ BAD_BODIES: dict[str, Any] = {
     "discount id empty": with_discount(id=""),
     # control characters (actor keys join ids with \x1f)
     "user_id with a unit separator": with_top(user_id="u\x1f1"),
+    "order_id ending in a newline": with_top(order_id="o1\n"),
     "device_id with a NUL": with_top(device_id="d\x001"),
     "sku_id with a tab": with_item(sku_id="S\t1"),
     "discount id with a DEL": with_discount(id="D\x7f"),
@@ -408,7 +409,7 @@ async def test_overloaded_gateway_still_answers_healthz(gw_factory: MakeGateway)
 async def test_an_id_with_a_control_character_is_named_in_the_error(gw: Gateway) -> None:
     status, data = await post_raw(gw, json.dumps(BAD_BODIES["sku_id with a tab"]).encode())
     assert status == 400
-    assert data["error"]["message"].startswith("ids may not contain control characters: 'S\\t1'"), data
+    assert data["error"]["message"].startswith("items[0].sku_id may not contain control characters ('S\\t1')"), data
 
 
 async def test_non_ascii_ids_are_accepted(gw: Gateway) -> None:

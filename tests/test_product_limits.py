@@ -181,6 +181,7 @@ SHARED = [
         "receiver_phone", {"phone": "13900000000"}, {"phone": "+86 139 0000 0000"}, {"phone": "+1 139 0000 0000"}, id="phone-+86"
     ),
     pytest.param("receiver_phone", {"phone": "13900000000"}, {"phone": "0086-13900000000"}, {"phone": "0013900000000"}, id="phone-0086"),
+    pytest.param("receiver_phone", {"phone": "13900000000"}, {"phone": "8613900000000"}, {"phone": "861390000000"}, id="phone-86"),
     pytest.param("receiver_phone", {"phone": "13900000000"}, {"phone": "１３９００００００００"}, {"phone": "13900000001"}, id="phone-fullwidth"),
     pytest.param(
         "receiver_phone", {"phone": "139 0000 0000"}, {"phone": "(139) 0000-0000"}, {"phone": "139-0000-0001"}, id="phone-spaces"

@@ -111,7 +111,7 @@ def order_body(
 def check(coordinator: Coordinator, body: dict[str, Any]) -> CheckResponse:
     """One check, as the HTTP handler makes it (the body validated, then its digest)."""
     req = msgspec.convert(body, CheckRequest)
-    return coordinator.check(req, digest(req))
+    return coordinator.check(req, digest(req))[0]
 
 
 def claim(coordinator: Coordinator, user: str, coupon: str = "C1") -> CheckResponse:
@@ -851,7 +851,7 @@ async def test_http_reload_config_over_restored_admin_changes(tmp_path: Path) ->
 HOLDER = "import sys; from pathlib import Path; from snapshots.store import Store; Store(Path(sys.argv[1])).claim(); print('held', flush=True); sys.stdin.read()"
 
 
-def test_a_second_server_on_the_same_data_directory_is_refused(tmp_path: Path) -> None:
+async def test_a_second_server_on_the_same_data_directory_is_refused(tmp_path: Path) -> None:
     # Two servers on one directory would interleave journal records that no restart could replay.
     with subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE) as holder:
         try:
@@ -863,5 +863,6 @@ def test_a_second_server_on_the_same_data_directory_is_refused(tmp_path: Path) -
         finally:
             holder.kill()  # as kill -9: the kernel drops its lock, nothing is left to clear by hand
     coordinator = new_coordinator()
-    report = Store(tmp_path).restore(coordinator, coordinator.config)
-    assert report.seeded
+    store = Store(tmp_path)
+    assert store.restore(coordinator, coordinator.config).seeded
+    await store.close(coordinator)
