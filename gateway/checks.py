@@ -122,12 +122,19 @@ def _items(req: CheckRequest, cfg: Config, ev: Evaluation, stripped: set[tuple[i
     return t
 
 
-def _activities(cfg: Config, ledger: Ledger, user: SubjectActor | None, t: Tally, ev: Evaluation, now: int) -> set[str]:
-    """Window, budget fuse and per-user limits of each activity; returns the activities that failed."""
+def _activities(
+    cfg: Config, ledger: Ledger, user: SubjectActor | None, t: Tally, ev: Evaluation, now: int
+) -> tuple[set[str], list[tuple[CounterKey, int]]]:
+    """Window, budget fuse and per-user limits of each activity; returns the activities that failed
+    and the user's activity counters the order adds to (each key built once, for both)."""
     failed: set[str] = set()
+    increments: list[tuple[CounterKey, int]] = []
     reasons = ev.reasons
     counts = user.counts if user is not None else {}
     for aid, amount in t.act_amount.items():
+        q = t.act_qty[aid]
+        counter = counter_key("act", aid)
+        increments.append((counter, q))
         activity = cfg.activities.get(aid)
         if activity is None:
             unknown_entry(cfg, ev.reasons, ev.notices, Code.UNKNOWN_ACTIVITY, activity_id=aid)
@@ -146,33 +153,35 @@ def _activities(cfg: Config, ledger: Ledger, user: SubjectActor | None, t: Tally
                 )
         limit = activity.user_limit
         if limit is not None:
-            q = t.act_qty[aid]
-            used = counts.get(counter_key("act", aid), 0)
+            used = counts.get(counter, 0)
             if used + q > limit:
                 reasons.append(
                     reason(Code.ACTIVITY_USER_LIMIT, activity_id=aid, subject="user", limit=limit, used=used, requested=q)
                 )
-        if activity.sku_limits:
-            for (act_id, sku_id), q in t.act_sku_qty.items():
-                sku_limit = activity.sku_limits.get(sku_id) if act_id == aid else None
-                if sku_limit is None:
-                    continue
-                used = counts.get(counter_key("actsku", aid, sku_id), 0)
-                if used + q > sku_limit:
-                    reasons.append(
-                        reason(
-                            Code.ACTIVITY_SKU_LIMIT,
-                            activity_id=aid,
-                            sku_id=sku_id,
-                            subject="user",
-                            limit=sku_limit,
-                            used=used,
-                            requested=q,
-                        )
-                    )
         if len(reasons) > before:
             failed.add(aid)
-    return failed
+    for (aid, sku_id), q in t.act_sku_qty.items():
+        counter = counter_key("actsku", aid, sku_id)
+        increments.append((counter, q))
+        activity = cfg.activities.get(aid)
+        sku_limit = activity.sku_limits.get(sku_id) if activity is not None else None
+        if sku_limit is None:
+            continue
+        used = counts.get(counter, 0)
+        if used + q > sku_limit:
+            reasons.append(
+                reason(
+                    Code.ACTIVITY_SKU_LIMIT,
+                    activity_id=aid,
+                    sku_id=sku_id,
+                    subject="user",
+                    limit=sku_limit,
+                    used=used,
+                    requested=q,
+                )
+            )
+            failed.add(aid)
+    return failed, increments
 
 
 def _product_limits(
@@ -240,7 +249,7 @@ def evaluate(
 
     t = _items(req, cfg, ev, stripped)
     ev.reasons.extend(blacklist_reasons(cfg, ledger, subj))
-    failed_activities = _activities(cfg, ledger, user, t, ev, now)
+    failed_activities, user_counts = _activities(cfg, ledger, user, t, ev, now)
 
     shared: list[tuple[CounterKey, int]] = []
     present = [subj.keys.get(s) for s in LIMIT_SUBJECTS]
@@ -250,8 +259,6 @@ def evaluate(
         counts_of.append(None if skey is None else actor.counts if actor is not None else {})
     _product_limits(counts_of, t.sku_qty, cfg.skus, "sku", ev.reasons, shared)
     _product_limits(counts_of, t.spu_qty, cfg.spus, "spu", ev.reasons, shared)
-    user_counts = [(counter_key("act", aid), q) for aid, q in t.act_qty.items()]
-    user_counts.extend((counter_key("actsku", aid, sku_id), q) for (aid, sku_id), q in t.act_sku_qty.items())
     windows = _risk_rules(cfg, subj, subjects, t, ev, now) if cfg.rules else []
     # Tuples, not lists: a stored footprint of atomic tuples is invisible to the garbage collector.
     ev.footprint = Footprint(
