@@ -19,15 +19,13 @@ from actors.expiry import Due
 from actors.ledger import Ledger
 from actors.orders import Order, OrderBook
 from gateway.changes import apply_change
-from gateway.checks import Evaluation, evaluate, unknown_entry
-from gateway.subjects import Subjects, blacklist_reasons, order_subjects, user_key, whitelisted
 from gateway.clock import Clock
 from gateway.config import Config
-from gateway.values import fold_phone
+from gateway.decide import decide, decide_claim
 from gateway.errors import Conflict, Gone, NotFound
-from gateway.messages import buyer_message
-from gateway.schema import CheckRequest, CheckResponse, ClaimRequest, Hold, OrderView
-from gateway.types import DEGRADABLE, Code, Decision, Notice, OrderState, Reason, Record, Subject, counter_key, reason
+from gateway.schema import CheckRequest, CheckResponse, ClaimRequest, OrderView
+from gateway.subjects import order_subjects, user_key
+from gateway.types import Decision, OrderState, Record
 
 _response_encoder = msgspec.msgpack.Encoder()
 _response_decoder = msgspec.msgpack.Decoder(CheckResponse)
@@ -84,33 +82,16 @@ class Coordinator:
             return _response_decoder.decode(existing.response), True
         now = self.clock.now()
         self.expire_due(now)
-        cfg = self.config
-        subj = order_subjects(req)
-        ev = evaluate(req, subj, cfg, self.ledger, now, set())
-        decision, final, reasons = self._decide(req, subj, ev, now)
-        response = CheckResponse(
-            order_id=req.order_id,
-            decision=decision,
-            reasons=reasons,
-            shadow=final.shadow,
-            warnings=final.notices,
-            message=buyer_message(cfg, decision, reasons),
-        )
-        expires_at = None
-        if decision is not Decision.DENY:
-            expires_at = now + cfg.settings.hold_ttl_seconds
-            response.hold = Hold(expires_at)
-            response.payable = final.payable
-            if final is not ev:  # an apportioned coupon sits on several items: list each id once
-                response.stripped = list(dict.fromkeys(req.items[i].discounts[j].id for i, j in sorted(ev.strip)))
+        verdict = decide(req, order_subjects(req), self.config, self.ledger, now)
+        response = verdict.response
         order = Order(
             order_id=req.order_id,
             digest=digest,
             user_id=req.user_id,
-            state=OrderState.DENIED if decision is Decision.DENY else OrderState.HELD,
+            state=OrderState.DENIED if verdict.footprint is None else OrderState.HELD,
             created_at=now,
-            expires_at=expires_at,
-            footprint=None if decision is Decision.DENY else final.footprint,
+            expires_at=response.hold.expires_at if response.hold is not None else None,
+            footprint=verdict.footprint,
             response=_response_encoder.encode(response),
             updated_at=now,
         )
@@ -118,63 +99,15 @@ class Coordinator:
         self._hold(order)
         return response, False
 
-    def _decide(
-        self, req: CheckRequest, subj: Subjects, ev: Evaluation, now: int
-    ) -> tuple[Decision, Evaluation, list[Reason]]:
-        """allow / degrade / deny, the evaluation that stands, and the reasons to report."""
-        if ev.whitelisted or not ev.reasons:
-            return Decision.ALLOW, ev, ev.reasons
-        if req.on_refusal == "degrade" and all(r.code in DEGRADABLE for r in ev.reasons):
-            again = evaluate(req, subj, self.config, self.ledger, now, ev.strip)
-            if not again.reasons:
-                return Decision.DEGRADE, again, ev.reasons
-            return Decision.DENY, ev, ev.reasons + [r for r in again.reasons if r not in ev.reasons]
-        return Decision.DENY, ev, ev.reasons
-
     def claim(self, req: ClaimRequest) -> CheckResponse:
-        """Coupon claim pre-check: refuse blacklisted users and claims past `per_user_limit`."""
+        """Coupon claim pre-check (see `decide.decide_claim`); an allowed claim counts at once."""
         now = self.clock.now()
         self.expire_due(now)
-        cfg = self.config
-        keys = {Subject.USER: user_key(req.user_id)}
-        subj = Subjects(keys, req.user_id, device=req.device_id)
-        if req.phone:
-            subj.phone = fold_phone(req.phone) or None
-        reasons = blacklist_reasons(cfg, self.ledger, subj)
-        notices: list[Notice] = []
-        coupon = cfg.coupons.get(req.coupon_id)
-        if coupon is None:
-            unknown_entry(cfg, reasons, notices, Code.UNKNOWN_COUPON, coupon_id=req.coupon_id)
-        elif coupon.per_user_limit is not None:
-            user = self.ledger.find(keys[Subject.USER])
-            used = user.used(counter_key("coupon", req.coupon_id)) if user is not None else 0
-            if used + 1 > coupon.per_user_limit:
-                reasons.append(
-                    reason(
-                        Code.COUPON_CLAIM_LIMIT,
-                        coupon_id=req.coupon_id,
-                        subject="user",
-                        limit=coupon.per_user_limit,
-                        used=used,
-                        requested=1,
-                    )
-                )
-        override = whitelisted(cfg, req.user_id, reasons)
-        if override is not None:
-            reasons, bypassed = override
-            notices.extend(bypassed)
-        decision = Decision.DENY if reasons and override is None else Decision.ALLOW
-        if decision is Decision.ALLOW:
+        response, _ = decide_claim(req, self.config, self.ledger)
+        if response.decision is Decision.ALLOW:
             self.journal.append(("claim", req.user_id, req.coupon_id, now))
             self._claim(req.user_id, req.coupon_id)
-        return CheckResponse(
-            order_id=None,
-            decision=decision,
-            reasons=reasons,
-            shadow=[],
-            warnings=notices,
-            message=buyer_message(cfg, decision, reasons),
-        )
+        return response
 
     # -- after the check ------------------------------------------------------------------
 
