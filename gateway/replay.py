@@ -9,7 +9,6 @@ and reasons.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -107,6 +106,7 @@ def replay(config: Config, logs: list[Path]) -> ReplayReport:
 
 
 def print_report(report: ReplayReport) -> None:
+    """The report for people; `to_json` is the one for programs (`replay --json`)."""
     out = sys.stdout
     out.write(f"replayed {report.checks} checks and {report.claims} claims: {report.unchanged} unchanged\n")
     if report.skipped:
@@ -121,4 +121,9 @@ def print_report(report: ReplayReport) -> None:
         out.write("newly allowed, was refused for:\n")
         for label, n in report.newly_allowed_was.most_common():
             out.write(f"  {label}: {n}\n")
-    out.write(json.dumps(report.to_json()) + "\n")
+    if report.examples:
+        out.write("examples:\n")
+        for ex in report.examples:
+            reasons = ", ".join(_label(r) for r in ex["reasons_now"])
+            out.write(f"  order {ex['order_id']} (user {ex['user_id']}): {ex['was']} -> {ex['now']}")
+            out.write(f": {reasons}\n" if reasons else "\n")

@@ -63,9 +63,15 @@ class SnapshotStats:
 
 
 class Store:
-    def __init__(self, directory: Path, fsync: FsyncMode = "batch") -> None:
+    def __init__(
+        self, directory: Path, fsync: FsyncMode = "batch", *, reload_command: str | None = "restore(reload_config=True)"
+    ) -> None:
         self.directory = directory
         self.fsync: FsyncMode = fsync
+        # How to apply the start-up configuration when a restart keeps the restored one: the log
+        # names it. `serve` gives its own command line with --reload-config, or None without
+        # --config (the start-up configuration is then the demo: nothing to apply, nothing to say).
+        self.reload_command = reload_command
         self.journal: Journal | None = None
         self.stats = SnapshotStats()
         self._lock = asyncio.Lock()
@@ -140,6 +146,8 @@ class Store:
             coordinator.clock.restore(now)
         self.journal = Journal(self.directory, replay.last_lsn + 1, self.fsync)
         coordinator.journal = self.journal
+        if report.snapshot is not None and not replay.records:
+            self._last = (replay.last_lsn, report.snapshot)  # it holds the state: see `unchanged`
         has_state = report.snapshot is not None or replay.last_lsn > 0
         if not has_state:
             coordinator.change(("config", seed.to_doc(secrets=True)))
@@ -147,14 +155,17 @@ class Store:
         elif reload_config:
             coordinator.change(("config", seed.to_doc(secrets=True)))
             log.info("applied the --config file over the restored configuration (--reload-config)")
-        else:
-            log.info("the restored configuration stands; the start-up configuration was not applied (--reload-config applies it)")
+        elif self.reload_command is not None:
+            log.info(
+                "the restored configuration stands; the start-up configuration was not applied; to apply it: %s",
+                self.reload_command,
+            )
         coordinator.expire_due(coordinator.clock.now())  # holds that ran out while the server was down
         return report
 
     def unchanged(self) -> Path | None:
-        """The snapshot this process wrote last, if nothing was journaled since and the file is
-        still there. Taking another would write the same state again: at a million users, two
+        """The snapshot this process wrote or restored last, if nothing was journaled since and the
+        file is still there. Taking another would write the same state again: at a million users, two
         minutes of a core every `--snapshot-every` on a server that sits idle."""
         journal = self._journal()
         if self._last is not None and self._last[0] == journal.lsn and self._last[1].exists():
@@ -233,7 +244,7 @@ class Store:
                     path = self.snapshot_in_process(coordinator)
                     log.info("final snapshot %s written", path.name)
                 else:
-                    log.info("final snapshot: %s holds the state already", path.name)
+                    log.info("final snapshot: nothing new to write (%s holds the state)", path.name)
             except OSError as e:
                 log.error("final snapshot failed (%s); the journal holds every change", e)
             await journal.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from tests.conftest import base_config
+from tests.conftest import base_config, item, order
 
 
 @pytest.mark.parametrize(
@@ -67,6 +67,61 @@ def test_replay_counts_lines_that_are_not_log_entries(
     log = tmp_path / "notes.txt"
     log.write_text("not json\n[1, 2]\n\n")
     assert main(["replay", "--config", str(new_config), str(log)]) == 0
+    assert "skipped 2 lines that are not decision-log entries" in capsys.readouterr().out
+    assert main(["replay", "--json", "--config", str(new_config), str(log)]) == 0
+    assert json.loads(capsys.readouterr().out)["skipped_lines"] == 2
+
+
+def test_replay_prints_a_readable_report_and_json_on_request(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = base_config()
+    config["skus"][0]["limits"] = {"user": 1}
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps(config))
+    was_refused = {"kind": "check", "now": 1_800_000_000, "order_id": "o1", "user_id": "u1", "decision": "deny",
+                   "reasons": [{"code": "SKU_LIMIT", "sku_id": "S1"}], "request": order(order_id="o1")}
+    was_allowed = {"kind": "check", "now": 1_800_000_000, "order_id": "o2", "user_id": "u2", "decision": "allow",
+                   "reasons": [], "request": order(item("S1", 2), order_id="o2", user="u2")}
+    log = tmp_path / "decisions.jsonl"
+    log.write_text(f"{json.dumps(was_refused)}\n{json.dumps(was_allowed)}\nnot json\n")
+    assert main(["replay", "--config", str(new), str(log)]) == 0
+    assert capsys.readouterr().out == (
+        "replayed 2 checks and 0 claims: 0 unchanged\n"
+        "skipped 1 lines that are not decision-log entries\n"
+        "  deny->allow: 1\n"
+        "  allow->deny: 1\n"
+        "newly refused, by reason:\n"
+        "  SKU_LIMIT:S1: 1\n"
+        "newly allowed, was refused for:\n"
+        "  SKU_LIMIT:S1: 1\n"
+        "examples:\n"
+        "  order o1 (user u1): deny -> allow\n"
+        "  order o2 (user u2): allow -> deny: SKU_LIMIT:S1\n"
+    )
+    assert main(["replay", "--json", "--config", str(new), str(log)]) == 0
+    report = json.loads(capsys.readouterr().out)  # the whole output is one JSON document
+    assert report["changed"] == {"deny->allow": 1, "allow->deny": 1} and report["skipped_lines"] == 1
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == "flashguard 0.1.0\n"
+
+
+@pytest.mark.parametrize("command", ["serve", "check-config", "replay"])
+def test_help_shows_the_default_of_every_option(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
     out = capsys.readouterr().out
-    assert "skipped 2 lines that are not decision-log entries" in out
-    assert json.loads(out.strip().splitlines()[-1])["skipped_lines"] == 2
+    entries: list[str] = []  # one per option, its help's continuation lines joined
+    for line in out.split("options:", 1)[1].splitlines():
+        if line.startswith("  -"):
+            entries.append(line)
+        elif entries:
+            entries[-1] += line
+    for entry in entries:
+        if not entry.lstrip().startswith("-h") and "required" not in entry:
+            assert "(default: " in entry, entry
+    if command == "serve":
+        assert "(default: 127.0.0.1)" in out and "(default: 8080)" in out
