@@ -147,13 +147,18 @@ class Scope(Entry):
             raise ValueError("a scope names at most one of category, brand, spu_id, sku_id")
 
     @cached_property
-    def key(self) -> str:
-        """'field SEP value' of the one field set, or ALL_SKUS for the empty scope."""
+    def named(self) -> tuple[str, str] | None:
+        """(field, value) of the one field set, or None for the empty scope (every SKU)."""
         for name in ("category", "brand", "spu_id", "sku_id"):
             v = getattr(self, name)
             if v is not None:
-                return key(name, v)
-        return ALL_SKUS
+                return name, v
+        return None
+
+    @cached_property
+    def key(self) -> str:
+        """'field SEP value' of the one field set, or ALL_SKUS for the empty scope."""
+        return ALL_SKUS if self.named is None else key(*self.named)
 
 
 def parse_window(value: Duration) -> int:
