@@ -7,7 +7,7 @@ middleware in `app`, not here.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 from aiohttp import web
@@ -19,7 +19,7 @@ from gateway.config import SECTIONS, Settings
 from gateway.document import ConfigError, build_config, convert_entry
 from gateway.errors import BadRequest, Conflict, NotFound, Unavailable
 from gateway.keys import COORDINATOR, DECISIONS, MANUAL_CLOCK, STORE
-from gateway.lists import LIST_KINDS, LIST_VALUE, normalize_list_value
+from gateway.lists import LIST_KINDS, LIST_VALUE, ListKind, ListName, normalize_list_value
 from gateway.schema import ClockRequest
 from gateway.subjects import auto_blacklisted
 from gateway.types import SEP, Record, key
@@ -28,7 +28,8 @@ from snapshots.store import SnapshotFailed
 routes = web.RouteTableDef()
 
 _SECTION_PATTERN = "{section:" + "|".join(SECTIONS) + "}"
-_LIST_PATTERN = "/v1/admin/lists/{name:blacklist|whitelist}/{kind:" + "|".join(LIST_KINDS) + "}/{value:.+}"
+_LIST_PATTERN = "/v1/admin/lists/{name}/{kind}/{value:.+}"
+_LIST_NAMES: tuple[ListName, ...] = get_args(ListName)
 
 
 async def _change(request: web.Request, record: Record) -> None:
@@ -83,14 +84,25 @@ async def get_lists(request: web.Request) -> web.Response:
     return respond(request, {"blacklist": cfg.blacklist.to_doc(), "whitelist": cfg.whitelist.to_doc()})
 
 
+def _list_entry(request: web.Request) -> tuple[ListName, ListKind, str]:
+    """The list, kind and value a list call names. The route takes any name and kind so that a
+    wrong one is answered with the valid ones, not with a bare 404."""
+    name, kind, value = request.match_info["name"], request.match_info["kind"], request.match_info["value"]
+    if name not in _LIST_NAMES:
+        raise NotFound("unknown_list", f"no list {name!r}; lists are {', '.join(_LIST_NAMES)}")
+    if kind not in LIST_KINDS:
+        raise NotFound("unknown_list_kind", f"no list kind {kind!r}; kinds are {', '.join(LIST_KINDS)}")
+    return name, kind, value
+
+
 @routes.put(_LIST_PATTERN)
 async def put_list_entry(request: web.Request) -> web.Response:
-    name, kind, value = request.match_info["name"], request.match_info["kind"], request.match_info["value"]
+    name, kind, value = _list_entry(request)
     try:
         msgspec.convert(value, LIST_VALUE[kind])
     except msgspec.ValidationError as e:
         raise BadRequest("invalid_value", f"{value!r} is not a valid {kind} entry: {e}") from None
-    if not normalize_list_value(kind, value):  # type: ignore[arg-type]
+    if not normalize_list_value(kind, value):
         raise BadRequest("invalid_value", f"{value!r} is not a usable {kind} entry")
     await _change(request, ("list", name, kind, value, True))
     return respond(request, {"list": name, "kind": kind, "value": value, "present": True})
@@ -98,9 +110,9 @@ async def put_list_entry(request: web.Request) -> web.Response:
 
 @routes.delete(_LIST_PATTERN)
 async def delete_list_entry(request: web.Request) -> web.Response:
-    name, kind, value = request.match_info["name"], request.match_info["kind"], request.match_info["value"]
+    name, kind, value = _list_entry(request)
     cfg = request.app[COORDINATOR].config
-    listed = cfg.list_set(name).has(kind, normalize_list_value(kind, value))  # type: ignore[arg-type]
+    listed = cfg.list_set(name).has(kind, normalize_list_value(kind, value))
     user = request.app[COORDINATOR].ledger.find(key("user", value))
     auto = name == "blacklist" and kind == "user" and user is not None and auto_blacklisted(cfg, user)
     if not listed and not auto:

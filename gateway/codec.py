@@ -40,13 +40,23 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return body
 
 
+# msgpack's text for these is empty (a reserved byte, deep nesting) or names its own internals
+# ("unpack(b) received extra data."); its other errors say what is wrong ("incomplete input").
+_MSGPACK_ERRORS: dict[type[Exception], str] = {
+    msgpack.FormatError: "the body is not valid MessagePack: it holds a byte that starts no value (such as the reserved 0xc1)",
+    msgpack.ExtraData: "the body is not valid MessagePack: more bytes follow its value",
+    msgpack.StackError: "the body is nested too deeply",
+}
+
+
 def _loads(body: bytes, content_type: str) -> Any:
     """Parse without validating: for bodies that are validated elsewhere (the config document)."""
     if content_type in MSGPACK_TYPES:
         try:
             return msgpack.unpackb(body, raw=False, strict_map_key=True)
         except Exception as e:  # msgpack raises several unrelated types for bad input
-            raise BadRequest("malformed_body", f"the body is not valid MessagePack: {e}") from None
+            message = _MSGPACK_ERRORS.get(type(e)) or f"the body is not valid MessagePack: {str(e) or type(e).__name__}"
+            raise BadRequest("malformed_body", message) from None
     try:
         return msgspec.json.decode(body)
     except msgspec.DecodeError as e:

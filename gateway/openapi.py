@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import types
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import msgspec
 from aiohttp import web
@@ -134,7 +134,7 @@ BODY_TYPES += [Overview, ConfigDocument]
 ERRORS = {
     400: "Malformed or invalid body, path value or query",
     401: "Missing or wrong admin token",
-    404: "Not found: an unknown id, or a path no route matches",
+    404: "Not found: an unknown id, list or list kind, or a path no route matches",
     409: "Conflict",
     410: "The hold expired",
     413: "Body too large",
@@ -214,7 +214,7 @@ def _paths(ref: dict[Any, dict[str, Any]], schemas: dict[str, Any]) -> dict[str,
         "/v1/admin/lists": {"get": _op("The blacklist and the whitelist", ref[ListsDoc], admin=True)},
         "/v1/admin/lists/{name}/{kind}/{value}": {
             "parameters": [
-                _path("name", {"enum": ["blacklist", "whitelist"]}),
+                _path("name", {"enum": list(get_args(ListName))}),
                 _path("kind", {"enum": list(LIST_KINDS)}),
                 _path("value", {"type": "string", "minLength": 1, "maxLength": 512}, "URL-encoded; an address path contains `/`"),
             ],

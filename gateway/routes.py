@@ -32,6 +32,14 @@ async def check(request: web.Request) -> web.Response:
     return respond(request, response)
 
 
+@routes.route("*", "/v1/orders/check")
+async def check_wrong_method(request: web.Request) -> web.Response:
+    """Any other method on the check's path is a 405 naming POST. Without this route a GET would
+    fall to `GET /v1/orders/{order_id}` (404 "no order 'check'") and another method's Allow would
+    list that route's GET."""
+    raise web.HTTPMethodNotAllowed(request.method, ["POST"])
+
+
 @routes.post("/v1/orders/{order_id}/confirm")
 async def confirm(request: web.Request) -> web.Response:
     view = request.app[COORDINATOR].confirm(request.match_info["order_id"])

@@ -452,20 +452,28 @@ async def test_removing_an_absent_entry_is_404_and_changes_nothing(gw_factory: M
     await refused(gw, order(user="u-bad"), black("user", "u-bad"))
 
 
+NO_GREYLIST = "no list 'greylist'; lists are blacklist, whitelist"
+KINDS = "kinds are user, device, phone, address, discount"
+
+
 @pytest.mark.parametrize(
-    ("method", "path"),
+    ("method", "path", "code", "message"),
     [
-        ("PUT", "lists/greylist/user/u1"),
-        ("DELETE", "lists/greylist/user/u-bad"),
-        ("PUT", "lists/blacklist/email/a@b.c"),
-        ("DELETE", "lists/blacklist/users/u-bad"),
-        ("PUT", "lists/blacklist/user"),
+        ("PUT", "lists/greylist/user/u1", "unknown_list", NO_GREYLIST),
+        ("DELETE", "lists/greylist/user/u-bad", "unknown_list", NO_GREYLIST),
+        ("PUT", "lists/greylist/ip/u1", "unknown_list", NO_GREYLIST),
+        ("PUT", "lists/blacklist/ip/x", "unknown_list_kind", f"no list kind 'ip'; {KINDS}"),
+        ("PUT", "lists/whitelist/email/a@b.c", "unknown_list_kind", f"no list kind 'email'; {KINDS}"),
+        ("DELETE", "lists/blacklist/users/u-bad", "unknown_list_kind", f"no list kind 'users'; {KINDS}"),
+        ("PUT", "lists/blacklist/user", "not_found", "Not Found"),  # no value: no list route
     ],
 )
-async def test_unknown_list_or_kind_is_404_in_the_error_shape(gw_factory: MakeGateway, method: str, path: str) -> None:
+async def test_unknown_list_or_kind_is_404_naming_the_valid_ones(
+    gw_factory: MakeGateway, method: str, path: str, code: str, message: str
+) -> None:
     gw = await gw_factory(lists_config(black={"user": ["u-bad"]}))
     before = await lists(gw)
-    assert_error(await gw.admin(method, path, status=404), "not_found")
+    assert (await gw.admin(method, path, status=404))["error"] == {"code": code, "message": message}
     assert await lists(gw) == before
     await allowed(gw, order(user="u1"))
 
