@@ -19,6 +19,9 @@ from gateway.clock import ManualClock
 from gateway.coordinator import Coordinator
 from gateway.document import build_config
 
+# Real redis-server fixtures: redis_single, redis_url, redis_cluster_1(_url), redis_cluster_6.
+pytest_plugins = ["tests.redis_servers"]
+
 T0 = 1_800_000_000
 TOKEN = "test-admin-token"
 ADDRESS = {"province": "Zhejiang", "city": "Hangzhou", "district": "Xihu", "town": "Lingyin", "detail": "1 Lake Rd"}
