@@ -16,7 +16,7 @@ from gateway.changes import validate_entry
 from gateway.clock import ClockError
 from gateway.codec import decode, parse, respond
 from gateway.config import SECTIONS, Settings
-from gateway.document import ConfigError, build_config, convert_entry
+from gateway.document import ConfigError, convert_entry, read_config
 from gateway.errors import BadRequest, Conflict, NotFound, Unavailable
 from gateway.keys import COORDINATOR, DECISIONS, MANUAL_CLOCK, STORE
 from gateway.lists import LIST_KINDS, LIST_VALUE, ListKind, ListName, normalize_list_value
@@ -49,7 +49,7 @@ async def get_config(request: web.Request) -> web.Response:
 async def put_config(request: web.Request) -> web.Response:
     doc = await parse(request)
     try:
-        build_config(doc)  # validate before anything is journaled
+        read_config(doc)  # validate (references included) before anything is journaled
     except ConfigError as e:
         raise BadRequest("invalid_config", "; ".join(e.errors)) from None
     await _change(request, ("config", doc))

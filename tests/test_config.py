@@ -838,3 +838,12 @@ async def test_known_sku_and_activity_are_unaffected_by_unknown_deny(gw_factory:
     res = await gw.check(order(item("S1", 1, 1000, discount(100))))
     assert res["decision"] == "allow"
     assert res["warnings"] == []
+
+
+async def test_put_config_refuses_what_check_config_calls_an_error(gw: Gateway) -> None:
+    before = await gw.admin("GET", "config")
+    doc = base_config(rules=[{"rule_id": "R1", "subject": "user", "window": "1h", "max_quantity": 1, "scope": {"category": "phnoe"}}])
+    err = await gw.admin("PUT", "config", doc, status=400)
+    assert err["error"]["code"] == "invalid_config" and "scope.category" in err["error"]["message"], err
+    assert await gw.admin("GET", "config") == before
+    await gw.admin("PUT", "config", base_config(coupons=[{"coupon_id": "C1", "activity_id": "A9"}]))  # a warning: accepted

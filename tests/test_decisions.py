@@ -120,7 +120,7 @@ async def test_replay_reports_what_a_looser_limit_would_allow_through_the_cli(
     log.write_text("\n".join(json.dumps(e) for e in _recent(gw)) + "\n")
     new = tmp_path / "new.json"
     new.write_text(json.dumps(limited(3)))
-    assert main(["replay", "--config", str(new), str(log)]) == 0
+    assert main(["replay", "--json", "--config", str(new), str(log)]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["changed"] == {"deny->allow": 5}
     assert summary["newly_allowed_was"] == {"SKU_LIMIT:S1": 5}
