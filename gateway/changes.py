@@ -58,12 +58,20 @@ def apply_change(cfg: Config, ledger: Ledger, record: Record) -> Config:
             lists.add(_list_kind(kind), value)
         else:
             lists.remove(_list_kind(kind), value)
-            if name == "blacklist" and kind == "user":
-                ledger.pardon(key("user", value))
+            user_id = pardoned(record)
+            if user_id is not None:
+                ledger.pardon(key("user", user_id))
     else:
         raise ValueError(f"unknown admin record {op!r}")
     cfg.changed()
     return cfg
+
+
+def pardoned(record: Record) -> str | None:
+    """The user a change takes off the blacklist: their auto-blacklist totals restart from zero."""
+    if record[0] == "list" and record[1] == "blacklist" and record[2] == "user" and not record[4]:
+        return str(record[3])
+    return None
 
 
 def _list_name(name: str) -> ListName:

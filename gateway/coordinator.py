@@ -21,14 +21,13 @@ from actors.orders import Order, OrderBook
 from gateway.changes import apply_change
 from gateway.clock import Clock
 from gateway.config import Config
-from gateway.decide import decide, decide_claim
+from gateway.decide import decide, decide_claim, decode_response, order_view
 from gateway.errors import Conflict, Gone, NotFound
 from gateway.schema import CheckRequest, CheckResponse, ClaimRequest, OrderView
 from gateway.subjects import order_subjects, user_key
 from gateway.types import Decision, OrderState, Record
 
 _response_encoder = msgspec.msgpack.Encoder()
-_response_decoder = msgspec.msgpack.Decoder(CheckResponse)
 
 
 class RecordSink(Protocol):
@@ -79,7 +78,7 @@ class Coordinator:
         if existing is not None:
             if existing.digest != digest:
                 raise Conflict("order_id_reused", f"order {req.order_id!r} was already checked with a different body")
-            return _response_decoder.decode(existing.response), True
+            return decode_response(existing.response), True
         now = self.clock.now()
         self.expire_due(now)
         verdict = decide(req, order_subjects(req), self.config, self.ledger, now)
@@ -156,24 +155,7 @@ class Coordinator:
         return expired
 
     def view(self, order: Order) -> OrderView:
-        """The order as a read shows it: a hold past its expiry reads as expired even before the
-        sweeper (or the next change) records it, so a read never has to write."""
-        response = _response_decoder.decode(order.response)
-        state = order.state
-        if state is OrderState.HELD and order.expires_at is not None and self.clock.now() >= order.expires_at:
-            state = OrderState.EXPIRED
-        return OrderView(
-            order_id=order.order_id,
-            state=state,
-            decision=response.decision,
-            user_id=order.user_id,
-            created_at=order.created_at,
-            updated_at=order.updated_at,
-            expires_at=order.expires_at,
-            payable=response.payable,
-            stripped=response.stripped,
-            reasons=response.reasons,
-        )
+        return order_view(order, self.clock.now())
 
     def change(self, record: Record) -> None:
         """An admin change (see `changes`): applied, then journaled."""

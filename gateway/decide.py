@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import msgspec
+
 from actors.ledger import Ledger
-from actors.orders import Footprint
+from actors.orders import Footprint, Order
 from gateway.checks import Evaluation, evaluate, unknown_entry
 from gateway.config import Config
 from gateway.messages import buyer_message
-from gateway.schema import CheckRequest, CheckResponse, ClaimRequest, Hold
+from gateway.schema import CheckRequest, CheckResponse, ClaimRequest, Hold, OrderView
 from gateway.subjects import Subjects, blacklist_reasons, user_key, whitelisted
-from gateway.types import DEGRADABLE, Code, Decision, Notice, Reason, Subject, counter_key, reason
+from gateway.types import DEGRADABLE, Code, Decision, Notice, OrderState, Reason, Subject, counter_key, reason
 from gateway.values import fold_phone
 
 
@@ -106,3 +108,31 @@ def decide_claim(req: ClaimRequest, cfg: Config, ledger: Ledger) -> tuple[CheckR
         message=buyer_message(cfg, decision, reasons),
     )
     return response, override is not None
+
+
+_response_decoder = msgspec.msgpack.Decoder(CheckResponse)
+
+
+def decode_response(encoded: bytes) -> CheckResponse:
+    return _response_decoder.decode(encoded)
+
+
+def order_view(order: Order, now: int) -> OrderView:
+    """The order as a read shows it: a hold past its expiry reads as expired even before the
+    sweeper (or the next change) records it, so a read never has to write."""
+    response = decode_response(order.response)
+    state = order.state
+    if state is OrderState.HELD and order.expires_at is not None and now >= order.expires_at:
+        state = OrderState.EXPIRED
+    return OrderView(
+        order_id=order.order_id,
+        state=state,
+        decision=response.decision,
+        user_id=order.user_id,
+        created_at=order.created_at,
+        updated_at=order.updated_at,
+        expires_at=order.expires_at,
+        payable=response.payable,
+        stripped=response.stripped,
+        reasons=response.reasons,
+    )
