@@ -144,6 +144,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             ", data directory seeded with the configuration" if report.seeded else "",
         )
         await coordinator.journal.commit()
+        app[DECISIONS].restore(coordinator, app[STATS])  # the figures, and the log lines a crash lost
         if app[SNAPSHOT_EVERY] > 0:
             tasks.append(asyncio.create_task(store.periodic(coordinator, app[SNAPSHOT_EVERY]), name="flashguard-snapshots"))
     await settle_token(app[AUTH], coordinator)

@@ -6,25 +6,108 @@ When a real buyer complains, support asks "why was this order refused?": `GET
 recent ones also stay in memory. Writing is buffered and flushed once a second by the lifecycle's
 task: the log is an observer, not the state (the journal is), so it never delays an answer.
 A check's line holds its whole request, which is what `flashguard replay` re-runs.
+
+What a crash takes from the buffer the journal still holds. Each line carries the position
+(`lsn`) of the journal record it is about, and at start `restore` writes the lines for the records
+past the last position the log holds (they are marked `recovered`). `restore` also rebuilds the
+console's and /metrics' decision figures (`stats.Figures`): each new file comes with a
+checkpoint of them (`figures.json`: the figures, the position, and the file and offset they
+cover), so a start counts only the lines written after it, at most about one file.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import msgspec
 
+from actors.orders import Order
 from gateway.schema import CheckRequest, CheckResponse, ClaimRequest, OrderView
+from gateway.stats import Figures, Stats, region_path
+from gateway.types import Decision, OrderState, Reason
+from snapshots import journal_files
+from snapshots.journal import Journal
+
+if TYPE_CHECKING:
+    from gateway.coordinator import Coordinator
+
+log = logging.getLogger("flashguard.decisions")
 
 ROTATE_BYTES = 64 * 1024 * 1024
 KEEP_FILES = 20
 IN_MEMORY = 10_000
+CHECKPOINT = "figures.json"
+# The journal records that are not admin changes, which change the configuration's version.
+_NOT_CHANGES = frozenset({"check", "claim", "confirm", "cancel", "expire", "clock"})
+_STATE_AFTER = {"confirm": OrderState.CONFIRMED.value, "cancel": OrderState.CANCELLED.value}
 
 _encoder = msgspec.json.Encoder()
+_responses = msgspec.msgpack.Decoder(CheckResponse)
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class _Checkpoint(msgspec.Struct):
+    """The log up to `offset` bytes of `file` counts `figures` and has the line of every journal
+    record up to `lsn` that it logs."""
+
+    file: str
+    offset: int
+    lsn: int
+    figures: Figures
+
+
+class _Counted(msgspec.Struct):
+    """What a start reads of a line: its position and what the figures count."""
+
+    kind: str = ""
+    lsn: int | None = None
+    decision: Decision | None = None
+    user_id: str = ""
+    reasons: list[Reason] = []
+    shadow: list[Reason] = []
+    request: msgspec.Raw = msgspec.Raw()  # decoded for a refusal only (its address)
+
+
+_counted = msgspec.json.Decoder(_Counted)
+
+
+def _count(stats: Stats, line: bytes) -> int | None:
+    """Count a check line into the figures as `Stats.observe_check` did; returns the line's position."""
+    try:
+        entry = _counted.decode(line)
+    except msgspec.DecodeError:
+        return None  # a line cut by a crash, or not an entry
+    if entry.kind == "check" and entry.decision is not None:
+        stats.count(entry.decision, entry.reasons, entry.shadow)
+        if entry.decision is Decision.DENY:
+            stats.observe_refusal(entry.user_id, _region(entry.request))
+    return entry.lsn
+
+
+def _region(request: msgspec.Raw) -> str | None:
+    if not request:
+        return None  # a recovered line: the journal does not hold the request
+    try:
+        return region_path(msgspec.json.decode(request, type=CheckRequest))
+    except msgspec.DecodeError:
+        return None
+
+
+def _decided(response: CheckResponse, version: str | None) -> dict[str, Any]:
+    return {
+        "decision": response.decision,
+        "reasons": response.reasons,
+        "shadow": response.shadow,
+        "stripped": response.stripped,
+        "config_version": version,
+    }
 
 
 class DecisionLog:
@@ -33,10 +116,27 @@ class DecisionLog:
         self.recent: deque[bytes] = deque(maxlen=IN_MEMORY)
         self._buffer: list[bytes] = []
         self._file: Path | None = None
+        self.journal: Journal | None = None  # set by `restore`: the lines' positions are in it
+        self._stats: Stats | None = None  # set by `restore`: what each new file's checkpoint keeps
+        self._logged = 0  # the journal position up to which the log has every line
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
 
-    def check(self, req: CheckRequest, response: CheckResponse, version: str, now: int) -> None:
+    def journaled(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> tuple[T, int | None]:
+        """`call`'s result, and the position of the last journal record it appended, for the line
+        about it. Lines then come in the order of their positions: each is added as its commit
+        returns, and a commit covering a record it appended returns after every earlier one (the
+        journal wakes them in order). A call that appended nothing (a repeated confirm) gets None:
+        its commit may return at once, before an earlier call's, whose line would then follow a
+        position that claims it."""
+        journal = self.journal
+        if journal is None:
+            return call(*args, **kwargs), None
+        before = journal.lsn
+        result = call(*args, **kwargs)
+        return result, journal.lsn if journal.lsn > before else None
+
+    def check(self, req: CheckRequest, response: CheckResponse, version: str, now: int, lsn: int | None = None) -> None:
         receiver = req.receiver
         address = receiver.address if receiver is not None else None
         self._add(
@@ -52,17 +152,14 @@ class DecisionLog:
                     if address is not None
                     else None,
                 },
-                "decision": response.decision,
-                "reasons": response.reasons,
-                "shadow": response.shadow,
-                "stripped": response.stripped,
-                "config_version": version,
+                **_decided(response, version),
                 "now": now,  # the gateway's clock, which replay runs on
                 "request": req,
-            }
+            },
+            lsn,
         )
 
-    def claim(self, req: ClaimRequest, response: CheckResponse, version: str, now: int) -> None:
+    def claim(self, req: ClaimRequest, response: CheckResponse, version: str, now: int, lsn: int | None = None) -> None:
         self._add(
             {
                 "kind": "claim",
@@ -74,32 +171,138 @@ class DecisionLog:
                 "config_version": version,
                 "now": now,
                 "request": req,
-            }
+            },
+            lsn,
         )
 
-    def transition(self, kind: str, view: OrderView, now: int) -> None:
-        self._add({"kind": kind, "order_id": view.order_id, "user_id": view.user_id, "state": view.state.value, "now": now})
+    def transition(self, kind: str, view: OrderView, now: int, lsn: int | None = None) -> None:
+        self._add({"kind": kind, "order_id": view.order_id, "user_id": view.user_id, "state": view.state.value, "now": now}, lsn)
 
-    def _add(self, entry: dict[str, Any]) -> None:
+    def _add(self, entry: dict[str, Any], lsn: int | None) -> None:
         """Encode once (msgspec writes the request and reasons structs directly); memory and the
         file buffer share the bytes, and a search decodes them."""
+        entry["lsn"] = lsn
         entry["t"] = round(time.time(), 3)
         line = _encoder.encode(entry)
         self.recent.append(line)
         if self.directory is not None:
             self._buffer.append(line + b"\n")
+        if lsn is not None:
+            self._logged = max(self._logged, lsn)
 
     def flush(self) -> None:
-        """Append what is buffered to the current file, rotating when it is full."""
+        """Append what is buffered to the current file, rotating when it is full. A new file (the
+        first after a start, or past ROTATE_BYTES) gets a checkpoint once its first lines are in:
+        the figures then count exactly the lines written."""
         if not self._buffer or self.directory is None:
             return
         data, self._buffer = b"".join(self._buffer), []
-        if self._file is None or self._file.stat().st_size + len(data) > ROTATE_BYTES:
+        new = self._file is None or self._file.stat().st_size + len(data) > ROTATE_BYTES
+        if self._file is None or new:
             self._file = self.directory / f"decisions-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**9:09d}.jsonl"
             for old in self.files()[KEEP_FILES - 1 :]:
                 old.unlink(missing_ok=True)
         with self._file.open("ab") as f:
             f.write(data)
+            end = f.tell()
+        if new and self._stats is not None:
+            tmp = self.directory / (CHECKPOINT + ".tmp")
+            tmp.write_bytes(_encoder.encode(_Checkpoint(self._file.name, end, self._logged, self._stats.figures())))
+            os.replace(tmp, self.directory / CHECKPOINT)
+
+    def restore(self, coordinator: Coordinator, stats: Stats) -> None:
+        """At start, once the state is restored: rebuild `stats`' figures from the checkpoint and
+        the lines after it, then write the lines of the journal records past the last position
+        the log holds (a crash lost them from the buffer)."""
+        journal = coordinator.journal
+        assert isinstance(journal, Journal) and self.directory is not None
+        self.journal, self._stats = journal, stats
+        journal.before_rotate = self.flush
+        start = time.perf_counter()
+        checkpoint = self._checkpoint()
+        written = lines = 0
+        if checkpoint is None and self.files():
+            log.warning(
+                "the decision log has no checkpoint (an earlier version wrote it, or it was lost): the decision "
+                "figures start from zero, and log lines a crash lost cannot be written again"
+            )
+        else:
+            last = 0  # no checkpoint and no file: a new log, every line is yet to come
+            if checkpoint is not None:
+                stats.add(checkpoint.figures)
+                last = checkpoint.lsn
+                for line in self._since(checkpoint):
+                    lines += 1
+                    last = max(last, _count(stats, line) or 0)
+            if last < journal.lsn:
+                written = self._recover(journal, coordinator, last)
+                for line in self._buffer:
+                    _count(stats, line)
+        self._logged = journal.lsn
+        self.flush()
+        log.info(
+            "decision log: figures from its checkpoint and the %d lines after it, %d lines written again from the journal (%.2fs)",
+            lines, written, time.perf_counter() - start,
+        )
+
+    def _checkpoint(self) -> _Checkpoint | None:
+        assert self.directory is not None
+        try:
+            return msgspec.json.decode((self.directory / CHECKPOINT).read_bytes(), type=_Checkpoint)
+        except FileNotFoundError:
+            return None
+        except (OSError, msgspec.DecodeError) as e:
+            log.warning("the decision log's checkpoint is unreadable: %s", e)
+            return None
+
+    def _since(self, checkpoint: _Checkpoint) -> Iterator[bytes]:
+        """The lines written after the checkpoint."""
+        for path in reversed(self.files()):
+            if path.name < checkpoint.file:
+                continue
+            offset = checkpoint.offset if path.name == checkpoint.file else 0
+            with path.open("rb") as f:
+                f.seek(offset)
+                yield from f.read().splitlines()
+
+    def _recover(self, journal: Journal, coordinator: Coordinator, last: int) -> int:
+        """Add the lines of the journal records after `last` that the log logs, marked
+        `recovered`. A check record holds the order and its answer, not the request: a recovered
+        check has no `request` and no `subjects`, so support finds it and the figures count it,
+        but replay cannot re-run it (nor, then, its confirm and cancel). A claim record holds the
+        user, the coupon and the time. The configuration version is the one in force now, for the
+        records after the last admin change among them (before it: null)."""
+        segments = journal_files.segments(journal.directory)
+        after = max(last, segments[0][0] - 1) if segments else last
+        if after > last:
+            log.warning("the journal no longer holds records %d-%d: lines for them, if the log lacks any, cannot be written again", last + 1, after)
+        try:
+            records = journal_files.read(journal.directory, after).records
+        except journal_files.JournalCorrupt as e:
+            log.error("no decision-log lines recovered: %s", e)
+            return 0
+        changed = max((i for i, record in enumerate(records) if record[0] not in _NOT_CHANGES), default=-1)
+        written = 0
+        for i, (kind, *fields) in enumerate(records):
+            version = coordinator.config.version if i > changed else None
+            if kind == "check":
+                order = msgspec.convert(fields[0], Order)
+                entry = {"kind": kind, "order_id": order.order_id, "user_id": order.user_id,
+                         **_decided(_responses.decode(order.response), version), "now": order.created_at}  # fmt: skip
+            elif kind in _STATE_AFTER:
+                order_id, now = fields
+                entry = {"kind": kind, "order_id": order_id, "user_id": coordinator.orders[order_id].user_id,
+                         "state": _STATE_AFTER[kind], "now": now}  # fmt: skip
+            elif kind == "claim":
+                user_id, coupon_id, now = fields
+                entry = {"kind": kind, "user_id": user_id, "coupon_id": coupon_id, "decision": Decision.ALLOW,
+                         "config_version": version, "now": now}  # fmt: skip
+            else:
+                continue
+            entry["recovered"] = True
+            self._add(entry, after + 1 + i)
+            written += 1
+        return written
 
     def files(self) -> list[Path]:
         """Log files, newest first."""

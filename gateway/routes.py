@@ -22,13 +22,13 @@ async def check(request: web.Request) -> web.Response:
     start = time.perf_counter()
     req = await decode(request, CheckRequest)
     coordinator = request.app[COORDINATOR]
-    response, repeated = coordinator.check(req, digest(req))
+    (response, repeated), lsn = request.app[DECISIONS].journaled(coordinator.check, req, digest(req))
     await coordinator.journal.commit()  # a repeat too: its first answer may still be on its way to disk
     if repeated:  # a checkout retry: decided, counted and logged the first time
         request.app[STATS].repeats += 1
         return respond(request, response)
     request.app[STATS].observe_check(response, time.perf_counter() - start, req)
-    request.app[DECISIONS].check(req, response, coordinator.config.version, coordinator.clock.now())
+    request.app[DECISIONS].check(req, response, coordinator.config.version, coordinator.clock.now(), lsn)
     return respond(request, response)
 
 
@@ -42,17 +42,17 @@ async def check_wrong_method(request: web.Request) -> web.Response:
 
 @routes.post("/v1/orders/{order_id}/confirm")
 async def confirm(request: web.Request) -> web.Response:
-    view = request.app[COORDINATOR].confirm(request.match_info["order_id"])
+    view, lsn = request.app[DECISIONS].journaled(request.app[COORDINATOR].confirm, request.match_info["order_id"])
     await request.app[COORDINATOR].journal.commit()
-    request.app[DECISIONS].transition("confirm", view, view.updated_at)
+    request.app[DECISIONS].transition("confirm", view, view.updated_at, lsn)
     return respond(request, view)
 
 
 @routes.post("/v1/orders/{order_id}/cancel")
 async def cancel(request: web.Request) -> web.Response:
-    view = request.app[COORDINATOR].cancel(request.match_info["order_id"])
+    view, lsn = request.app[DECISIONS].journaled(request.app[COORDINATOR].cancel, request.match_info["order_id"])
     await request.app[COORDINATOR].journal.commit()
-    request.app[DECISIONS].transition("cancel", view, view.updated_at)
+    request.app[DECISIONS].transition("cancel", view, view.updated_at, lsn)
     return respond(request, view)
 
 
@@ -66,9 +66,9 @@ async def get_order(request: web.Request) -> web.Response:
 async def claim_check(request: web.Request) -> web.Response:
     req = await decode(request, ClaimRequest)
     coordinator = request.app[COORDINATOR]
-    response = coordinator.claim(req)
+    response, lsn = request.app[DECISIONS].journaled(coordinator.claim, req)
     await coordinator.journal.commit()
-    request.app[DECISIONS].claim(req, response, coordinator.config.version, coordinator.clock.now())
+    request.app[DECISIONS].claim(req, response, coordinator.config.version, coordinator.clock.now(), lsn)
     return respond(request, response)
 
 

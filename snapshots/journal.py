@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -79,6 +80,7 @@ class Journal:
         self._rotated: list[tuple[asyncio.Future[None], DiskError | None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self.before_rotate: Callable[[], None] | None = None  # see `rotate`
         self._open_segment(next_lsn)
 
     def _open_segment(self, first_lsn: int) -> None:
@@ -273,7 +275,13 @@ class Journal:
         after the last of them; returns that record's lsn (what a snapshot taken now covers).
         Raises DiskError if it cannot, and the current segment stays in use. One at a time (the
         store's snapshot lock). In `batch` mode the writer does it: the records appended while it
-        works go into the new segment, and the loop never waits for the disk."""
+        works go into the new segment, and the loop never waits for the disk.
+
+        It first calls `before_rotate`, with which the decision log writes out its buffer: the
+        snapshots that will prune this segment then never take records whose log lines a crash
+        could still lose (a restart writes those lines from the journal)."""
+        if self.before_rotate is not None:
+            self.before_rotate()
         lsn = self.lsn
         done = asyncio.get_running_loop().create_future()
         if self.mode == "batch":

@@ -141,6 +141,6 @@ def test_refused_counters_stay_bounded_and_keep_the_heavy_hitters(monkeypatch: p
 
 async def test_overview_reads_the_app_stats(gw_factory: MakeGateway) -> None:
     g = await gw_factory()
-    g.client.app[STATS].observe_refusal(_request("u-x", ADDRESS))
+    g.client.app[STATS].observe_refusal("u-x", region_path(_request("u-x", ADDRESS)))
     view = await g.admin("GET", "overview")
     assert view["top_refused_users"] == [{"user_id": "u-x", "refused": 1}]
