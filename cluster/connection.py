@@ -118,10 +118,9 @@ async def _load_library(redis: Redis) -> None:
     cluster the library is loaded on every primary; replicas get it by replication.)"""
     client = redis.client
     try:
-        listed = await client.execute_command("FUNCTION", "LIST", "LIBRARYNAME", LIBRARY_NAME, "WITHCODE")
-        codes = _codes(listed)
+        codes = _codes(await client.function_list(library=LIBRARY_NAME, withcode=True))
         if not codes:
-            await client.execute_command("FUNCTION", "LOAD", LIBRARY)
+            await client.function_load(LIBRARY)
             return
     except ResponseError as e:
         raise RedisDown(f"Redis refused the Functions library (Redis 7 or later is needed): {e}") from None

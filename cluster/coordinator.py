@@ -149,17 +149,7 @@ class ClusterCoordinator:
         verdict = decide(req, subj, cfg, ledger, now)
         response = verdict.response
         okeys = order_keys(req.order_id)
-        order = Order(
-            order_id=req.order_id,
-            digest=digest,
-            user_id=req.user_id,
-            state=OrderState.DENIED if verdict.footprint is None else OrderState.HELD,
-            created_at=now,
-            expires_at=response.hold.expires_at if response.hold is not None else None,
-            footprint=verdict.footprint,
-            response=_encode(response),
-            updated_at=now,
-        )
+        order = verdict.order(req, digest, now)
         if verdict.footprint is None:
             await self._commit(order, now, attempt, "")
             return response

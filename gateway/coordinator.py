@@ -27,7 +27,6 @@ from gateway.schema import CheckRequest, CheckResponse, ClaimRequest, OrderView
 from gateway.subjects import order_subjects, user_key
 from gateway.types import Decision, OrderState, Record
 
-_response_encoder = msgspec.msgpack.Encoder()
 
 
 class RecordSink(Protocol):
@@ -83,17 +82,7 @@ class Coordinator:
         self.expire_due(now)
         verdict = decide(req, order_subjects(req), self.config, self.ledger, now)
         response = verdict.response
-        order = Order(
-            order_id=req.order_id,
-            digest=digest,
-            user_id=req.user_id,
-            state=OrderState.DENIED if verdict.footprint is None else OrderState.HELD,
-            created_at=now,
-            expires_at=response.hold.expires_at if response.hold is not None else None,
-            footprint=verdict.footprint,
-            response=_response_encoder.encode(response),
-            updated_at=now,
-        )
+        order = verdict.order(req, digest, now)
         self.journal.append(("check", order))  # before the state changes: if it raises, nothing did
         self._hold(order)
         return response, False

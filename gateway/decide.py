@@ -29,6 +29,21 @@ class Verdict:
     footprint: Footprint | None  # what the order holds (None: denied)
     whitelisted: bool
 
+    def order(self, req: CheckRequest, digest: bytes, now: int) -> Order:
+        """The order this verdict makes: held with its footprint, or denied."""
+        response = self.response
+        return Order(
+            order_id=req.order_id,
+            digest=digest,
+            user_id=req.user_id,
+            state=OrderState.DENIED if self.footprint is None else OrderState.HELD,
+            created_at=now,
+            expires_at=response.hold.expires_at if response.hold is not None else None,
+            footprint=self.footprint,
+            response=_response_encoder.encode(response),
+            updated_at=now,
+        )
+
 
 def decide(req: CheckRequest, subj: Subjects, cfg: Config, ledger: Ledger, now: int) -> Verdict:
     ev = evaluate(req, subj, cfg, ledger, now, set())
@@ -110,6 +125,7 @@ def decide_claim(req: ClaimRequest, cfg: Config, ledger: Ledger) -> tuple[CheckR
     return response, override is not None
 
 
+_response_encoder = msgspec.msgpack.Encoder()
 _response_decoder = msgspec.msgpack.Decoder(CheckResponse)
 
 
