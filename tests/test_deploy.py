@@ -188,7 +188,7 @@ def test_pip_install_of_exactly_the_copied_files_builds_a_complete_package(tmp_p
         else:
             shutil.copy2(ROOT / source, context / source)
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"), str(context)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(context)],
         capture_output=True,
         text=True,
         timeout=300,
