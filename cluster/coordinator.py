@@ -36,7 +36,7 @@ from gateway.config import Config
 from gateway.decide import claim_subjects, decide, decide_claim, decode_response, order_view
 from gateway.errors import Conflict, Gone, NotFound, Unavailable
 from gateway.schema import CheckRequest, CheckResponse, ClaimRequest, OrderView
-from gateway.subjects import order_subjects, user_key
+from gateway.subjects import Subjects, order_subjects, user_key
 from gateway.types import Decision, OrderState, Record, Subject, counter_key
 
 log = logging.getLogger("flashguard.cluster")
@@ -142,7 +142,7 @@ class ClusterCoordinator:
         raise _contended()
 
     async def _settle(
-        self, req: CheckRequest, subj: Any, digest: bytes, ledger: Ledger, now: int, attempt: int, rid: str
+        self, req: CheckRequest, subj: Subjects, digest: bytes, ledger: Ledger, now: int, attempt: int, rid: str
     ) -> CheckResponse | None:
         """Decide over `ledger` and make it stand; None when a guard refused (read and try again)."""
         cfg = self.config

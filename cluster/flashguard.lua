@@ -73,11 +73,15 @@ local function tombstone(keys, id, now)
   redis.call('ZADD', keys[5], now + TOMBSTONE, id)
 end
 
+local function reservation(keys, id)
+  local raw = redis.call('HGET', keys[4], id)
+  return raw and cmsgpack.unpack(raw)
+end
+
 local function settle(keys, now)
   local due = redis.call('ZRANGE', keys[5], '-inf', now, 'BYSCORE')
   for _, id in ipairs(due) do
-    local raw = redis.call('HGET', keys[4], id)
-    local res = raw and cmsgpack.unpack(raw)
+    local res = reservation(keys, id)
     if res and (res[1] == 'L' or res[1] == 'H') then
       undo_hold(keys, res)
       tombstone(keys, id, now)
@@ -161,8 +165,7 @@ end
 local function fg_hold(keys, args)
   local now, id = tonumber(args[1]), args[2]
   settle(keys, now)
-  local raw = redis.call('HGET', keys[4], id)
-  local res = raw and cmsgpack.unpack(raw)
+  local res = reservation(keys, id)
   if not res or (res[1] ~= 'L' and res[1] ~= 'H') then return {'gone'} end
   res[1] = 'H'
   redis.call('HSET', keys[4], id, cmsgpack.pack(res))
@@ -175,8 +178,7 @@ end
 local function fg_confirm(keys, args)
   local now, id = tonumber(args[1]), args[2]
   settle(keys, now)
-  local raw = redis.call('HGET', keys[4], id)
-  local res = raw and cmsgpack.unpack(raw)
+  local res = reservation(keys, id)
   if not res or res[1] == 'X' or res[1] == 'L' then return {'gone'} end
   if res[1] == 'H' then
     for _, k in ipairs(res[4]) do incr(keys[1], k[1], k[2]) end
@@ -195,8 +197,7 @@ end
 local function fg_release(keys, args)
   local now, id, release = tonumber(args[1]), args[2], args[3] == '1'
   settle(keys, now)
-  local raw = redis.call('HGET', keys[4], id)
-  local res = raw and cmsgpack.unpack(raw)
+  local res = reservation(keys, id)
   if not res then
     tombstone(keys, id, now)
     return {'ok'}
