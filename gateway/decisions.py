@@ -199,7 +199,8 @@ class DecisionLog:
         data, self._buffer = b"".join(self._buffer), []
         new = self._file is None or self._file.stat().st_size + len(data) > ROTATE_BYTES
         if self._file is None or new:
-            self._file = self.directory / f"decisions-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**9:09d}.jsonl"
+            ns = time.time_ns()  # one reading: two could straddle a second and sort a newer file first
+            self._file = self.directory / f"decisions-{time.strftime('%Y%m%d-%H%M%S', time.localtime(ns // 10**9))}-{ns % 10**9:09d}.jsonl"
             for old in self.files()[KEEP_FILES - 1 :]:
                 old.unlink(missing_ok=True)
         with self._file.open("ab") as f:
