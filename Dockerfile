@@ -23,6 +23,9 @@ COPY gateway ./gateway
 COPY actors ./actors
 COPY snapshots ./snapshots
 COPY cluster ./cluster
+COPY node ./node
+COPY rules ./rules
+COPY domain ./domain
 RUN pip install . \
     && rm -rf /src \
     && useradd --system --uid 10001 --user-group --home-dir /data --shell /usr/sbin/nologin flashguard \

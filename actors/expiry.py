@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterator
 
-from gateway.types import SubjectKey
+from domain.types import SubjectKey
 
 
 class Due:

@@ -18,7 +18,7 @@ from actors.expiry import Due, Expiry
 from actors.orders import Footprint
 from actors.sku import SkuActor
 from actors.subject import ColdSubject, SubjectActor
-from gateway.types import SubjectKey, clamp, counter_key
+from domain.types import SubjectKey, clamp, counter_key
 
 
 class Ledger:

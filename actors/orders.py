@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import msgspec
 
-from gateway.types import CounterKey, OrderState, SubjectKey, WindowKey
+from domain.types import CounterKey, OrderState, SubjectKey, WindowKey
 
 
 class Footprint(msgspec.Struct, gc=False, array_like=True):

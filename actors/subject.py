@@ -11,7 +11,7 @@ from __future__ import annotations
 import msgspec
 
 from actors.window import Window
-from gateway.types import CounterKey, WindowKey
+from domain.types import CounterKey, WindowKey
 
 
 class SubjectActor(msgspec.Struct, gc=False, array_like=True):

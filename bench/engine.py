@@ -20,11 +20,11 @@ from collections import Counter
 import msgspec
 
 from bench.scenario import Scenario
-from gateway.clock import ManualClock
+from domain.clock import ManualClock
 from gateway.codec import digest
-from gateway.coordinator import Coordinator
-from gateway.document import build_config
-from gateway.schema import CheckRequest
+from node.coordinator import Coordinator
+from domain.document import build_config
+from domain.schema import CheckRequest
 
 T0 = 1_800_000_000
 

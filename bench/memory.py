@@ -17,7 +17,7 @@ import os
 
 from actors.ledger import Ledger
 from actors.orders import Footprint
-from gateway.types import counter_key, key
+from domain.types import counter_key, key
 
 T0 = 1_800_000_000
 

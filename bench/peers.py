@@ -1,7 +1,7 @@
 """The two peers flashguard is measured against in `bench.flash_sale`, on the same bodies and load.
 
 - `ceiling`: a bare aiohttp server that reads the check body, decodes it with the very decoder
-  flashguard uses (msgspec.json into `gateway.schema.CheckRequest`, validation included) and answers
+  flashguard uses (msgspec.json into `domain.schema.CheckRequest`, validation included) and answers
   a fixed `allow` of the same shape. No rule is evaluated, nothing is stored: what a Python aiohttp
   server can do at best with this body, the ceiling any rule engine behind it stays under.
 - `redis`: what a team would build instead: aiohttp + redis.asyncio, one EVALSHA per check of a Lua
@@ -37,8 +37,8 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from gateway.schema import CheckRequest, CheckResponse, Hold, OrderView
-from gateway.types import Code, Decision, OrderState, Reason, reason
+from domain.schema import CheckRequest, CheckResponse, Hold, OrderView
+from domain.types import Code, Decision, OrderState, Reason, reason
 
 HOLD_TTL = 900
 CHECK_BODY_LIMIT = 64 * 1024

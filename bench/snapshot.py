@@ -26,11 +26,11 @@ from typing import Any
 import msgspec
 
 from bench.scenario import Scenario
-from gateway.clock import ManualClock
+from domain.clock import ManualClock
 from gateway.codec import digest
-from gateway.coordinator import Coordinator
-from gateway.document import build_config
-from gateway.schema import CheckRequest
+from node.coordinator import Coordinator
+from domain.document import build_config
+from domain.schema import CheckRequest
 from snapshots.store import Store
 
 T0 = 1_800_000_000

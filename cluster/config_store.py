@@ -16,10 +16,10 @@ import msgspec
 from actors.ledger import Ledger
 from cluster.connection import Redis, RedisDown
 from cluster.keys import CONFIG_KEYS
-from gateway.changes import apply_change
-from gateway.config import Config
-from gateway.document import build_config
-from gateway.types import Record
+from rules.changes import apply_change
+from domain.config import Config
+from domain.document import build_config
+from domain.types import Record
 
 log = logging.getLogger("flashguard.cluster")
 

@@ -30,14 +30,14 @@ from cluster.config_store import ConfigStore
 from cluster.connection import Call, Redis
 from cluster.keys import BUCKETS, CLOCK_KEY, activity_tag, inflight_key, order_keys, slot_keys
 from cluster.partition import Read, SlotOps, auto_guards, order_activities, partition, reads, view
-from gateway.changes import pardoned
-from gateway.clock import Clock, ClockError
-from gateway.config import Config
-from gateway.decide import claim_subjects, decide, decide_claim, decode_response, order_view
-from gateway.errors import Conflict, Gone, NotFound, Unavailable
-from gateway.schema import CheckRequest, CheckResponse, ClaimRequest, OrderView
-from gateway.subjects import Subjects, order_subjects, user_key
-from gateway.types import Decision, OrderState, Record, Subject, counter_key
+from rules.changes import pardoned
+from domain.clock import Clock, ClockError
+from domain.config import Config
+from rules.decide import claim_subjects, decide, decide_claim, decode_response, order_view
+from domain.errors import Conflict, Gone, NotFound, Unavailable
+from domain.schema import CheckRequest, CheckResponse, ClaimRequest, OrderView
+from rules.subjects import Subjects, order_subjects, user_key
+from domain.types import Decision, OrderState, Record, Subject, counter_key
 
 log = logging.getLogger("flashguard.cluster")
 

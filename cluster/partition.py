@@ -21,10 +21,10 @@ from actors.orders import Footprint
 from actors.subject import SubjectActor
 from actors.window import Window
 from cluster.keys import activity_tag, sku_tag
-from gateway.config import Config
-from gateway.schema import CheckRequest
-from gateway.subjects import Subjects
-from gateway.types import LIMIT_SUBJECTS, SEP, Subject, SubjectKey
+from domain.config import Config
+from domain.schema import CheckRequest
+from rules.subjects import Subjects
+from domain.types import LIMIT_SUBJECTS, SEP, Subject, SubjectKey
 
 NO_GUARD = -1
 DISCOUNT, MARGIN, PARDONS = "#discount", "#margin", "#pardons"  # a user's auto-blacklist fields

@@ -12,17 +12,17 @@ from typing import Any, get_args
 import msgspec
 from aiohttp import web
 
-from gateway.changes import validate_entry
-from gateway.clock import ClockError
+from rules.changes import validate_entry
+from domain.clock import ClockError
 from gateway.codec import decode, parse, respond
-from gateway.config import SECTIONS, Settings
-from gateway.document import ConfigError, convert_entry, read_config
-from gateway.errors import BadRequest, Conflict, NotFound, Unavailable
+from domain.config import SECTIONS, Settings
+from domain.document import ConfigError, convert_entry, read_config
+from domain.errors import BadRequest, Conflict, NotFound, Unavailable
 from gateway.keys import COORDINATOR, DECISIONS, MANUAL_CLOCK, STORE
-from gateway.lists import LIST_KINDS, LIST_VALUE, ListKind, ListName, normalize_list_value
-from gateway.schema import ClockRequest
-from gateway.subjects import auto_blacklisted
-from gateway.types import SEP, Record, key
+from domain.lists import LIST_KINDS, LIST_VALUE, ListKind, ListName, normalize_list_value
+from domain.schema import ClockRequest
+from rules.subjects import auto_blacklisted
+from domain.types import SEP, Record, key
 from snapshots.store import SnapshotFailed
 
 routes = web.RouteTableDef()

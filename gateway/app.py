@@ -21,12 +21,12 @@ import msgspec
 from aiohttp import web
 
 from gateway import admin, console, metrics, openapi, routes
-from gateway.clock import Clock, ManualClock
+from domain.clock import Clock, ManualClock
 from gateway.codec import ADMIN_BODY_LIMIT, error_body, respond
-from gateway.config import Config
-from gateway.coordinator import Coordinator
+from domain.config import Config
+from node.coordinator import Coordinator
 from gateway.decisions import DecisionLog
-from gateway.errors import ApiError, Overloaded, Unauthorized, Unavailable
+from domain.errors import ApiError, Overloaded, Unauthorized, Unavailable
 from gateway.keys import AUTH, CLOCK, COORDINATOR, DECISIONS, LOAD, MANUAL_CLOCK, RELOAD, SEED, SNAPSHOT_EVERY, STATS, STORE, Auth, Load
 from gateway.stats import Stats
 from snapshots.journal import DiskError

@@ -21,10 +21,10 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway.app import DEFAULT_MAX_INFLIGHT, make_app
-from gateway.clock import Clock, ManualClock, SystemClock
-from gateway.config import Config
-from gateway.coordinator import Coordinator
-from gateway.document import ConfigError, demo_config, load_config
+from domain.clock import Clock, ManualClock, SystemClock
+from domain.config import Config
+from node.coordinator import Coordinator
+from domain.document import ConfigError, load_config
 from gateway.replay import print_report, replay
 from snapshots.store import RestoreError, Store
 
@@ -46,6 +46,14 @@ def _within(kind: type[int] | type[float], low: float, high: float | None = None
         return value
 
     return parse
+
+
+DEMO_CONFIG = Path(__file__).with_name("demo.toml")
+
+
+def demo_config() -> Config:
+    """The embedded demo configuration that `flashguard serve` runs on when given no --config."""
+    return load_config(DEMO_CONFIG)
 
 
 def _version() -> str:
@@ -97,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def check_config(path: Path) -> int:
     """Every error and warning of the file at once; only errors fail it (the server refuses them)."""
-    from gateway.document import read_config, read_document
+    from domain.document import read_config, read_document
 
     try:
         cfg, warnings = read_config(read_document(path))

@@ -14,7 +14,7 @@ import msgpack
 import msgspec
 from aiohttp import web
 
-from gateway.errors import BadRequest, TooLarge
+from domain.errors import BadRequest, TooLarge
 
 JSON = "application/json"
 MSGPACK = "application/msgpack"

@@ -16,7 +16,7 @@ import msgspec
 from aiohttp import web
 
 from gateway.codec import respond
-from gateway.errors import BadRequest, NotFound
+from domain.errors import BadRequest, NotFound
 from gateway.keys import COORDINATOR, STATS
 
 routes = web.RouteTableDef()

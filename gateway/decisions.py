@@ -28,14 +28,14 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import msgspec
 
 from actors.orders import Order
-from gateway.schema import CheckRequest, CheckResponse, ClaimRequest, OrderView
+from domain.schema import CheckRequest, CheckResponse, ClaimRequest, OrderView
 from gateway.stats import Figures, Stats, region_path
-from gateway.types import Decision, OrderState, Reason
+from domain.types import Decision, OrderState, Reason
 from snapshots import journal_files
 from snapshots.journal import Journal
 
 if TYPE_CHECKING:
-    from gateway.coordinator import Coordinator
+    from node.coordinator import Coordinator
 
 log = logging.getLogger("flashguard.decisions")
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from gateway.clock import Clock, ManualClock
-from gateway.config import Config
-from gateway.coordinator import Coordinator
+from domain.clock import Clock, ManualClock
+from domain.config import Config
+from node.coordinator import Coordinator
 from gateway.decisions import DecisionLog
 from gateway.stats import Stats
 from snapshots.store import Store

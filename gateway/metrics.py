@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gateway.coordinator import Coordinator
+from node.coordinator import Coordinator
 from gateway.keys import COORDINATOR, LOAD, STATS, STORE
 from gateway.stats import LATENCY_BUCKETS, Stats
 from snapshots.store import Store

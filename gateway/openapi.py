@@ -17,10 +17,10 @@ import msgspec
 from aiohttp import web
 
 from gateway.codec import JSON, MSGPACK
-from gateway.config import SECTIONS, SINGLES, AutoBlacklist, Settings
-from gateway.lists import LIST_KINDS, ListKind, ListName, ListsDoc
-from gateway.values import Id
-from gateway.schema import CheckRequest, CheckResponse, ClaimRequest, ClockRequest, OrderView
+from domain.config import SECTIONS, SINGLES, AutoBlacklist, Settings
+from domain.lists import LIST_KINDS, ListKind, ListName, ListsDoc
+from domain.values import Id
+from domain.schema import CheckRequest, CheckResponse, ClaimRequest, ClockRequest, OrderView
 
 routes = web.RouteTableDef()
 

@@ -17,13 +17,13 @@ from typing import Any
 
 import msgspec
 
-from gateway.clock import ManualClock
+from domain.clock import ManualClock
 from gateway.codec import digest
-from gateway.config import Config
-from gateway.coordinator import Coordinator
+from domain.config import Config
+from node.coordinator import Coordinator
 from gateway.decisions import read_log
-from gateway.errors import ApiError
-from gateway.schema import CheckRequest, CheckResponse, ClaimRequest
+from domain.errors import ApiError
+from domain.schema import CheckRequest, CheckResponse, ClaimRequest
 
 
 @dataclass(slots=True)

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from gateway.codec import decode, digest, respond
 from gateway.keys import COORDINATOR, DECISIONS, STATS
-from gateway.schema import CheckRequest, ClaimRequest
+from domain.schema import CheckRequest, ClaimRequest
 
 routes = web.RouteTableDef()
 

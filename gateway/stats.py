@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from gateway.subjects import region_parts
-from gateway.schema import CheckRequest, CheckResponse
-from gateway.types import Decision, Reason
+from rules.subjects import region_parts
+from domain.schema import CheckRequest, CheckResponse
+from domain.types import Decision, Reason
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 # The refused users and addresses are heavy hitters kept in bounded counters: past TOP_CAP keys the

@@ -15,9 +15,9 @@ import os
 import sys
 from pathlib import Path
 
-from gateway.clock import ManualClock
-from gateway.config import Config
-from gateway.coordinator import Coordinator
+from domain.clock import ManualClock
+from domain.config import Config
+from node.coordinator import Coordinator
 from snapshots import snapshot as snapshot_files
 from snapshots.state import encode
 from snapshots.store import Store

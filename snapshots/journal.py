@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from gateway.types import Record
+from domain.types import Record
 from snapshots.journal_files import MAGIC, encode, fsync_dir, segment_path
 
 log = logging.getLogger("flashguard.journal")

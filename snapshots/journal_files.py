@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.types import Record
+from domain.types import Record
 
 MAGIC = b"FGJRNL\x00\x01"
 FRAME = struct.Struct("<II")

@@ -28,9 +28,9 @@ from actors.ledger import Ledger
 from actors.orders import Order, OrderBook
 from actors.sku import SkuActor
 from actors.subject import ColdSubject
-from gateway.config import Config
-from gateway.document import build_config
-from gateway.types import OrderState
+from domain.config import Config
+from domain.document import build_config
+from domain.types import OrderState
 
 FORMAT = 2  # 2: subjects and settled orders as msgpack blobs, decoded when first used
 

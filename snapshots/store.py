@@ -24,9 +24,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.clock import ManualClock
-from gateway.config import Config
-from gateway.coordinator import Coordinator
+from domain.clock import ManualClock
+from domain.config import Config
+from node.coordinator import Coordinator
 from snapshots import journal_files
 from snapshots import snapshot as snapshot_files
 from snapshots.journal import FsyncMode, Journal

@@ -15,9 +15,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import make_app
-from gateway.clock import ManualClock
-from gateway.coordinator import Coordinator
-from gateway.document import build_config
+from domain.clock import ManualClock
+from node.coordinator import Coordinator
+from domain.document import build_config
 
 # Real redis-server fixtures: redis_single, redis_url, redis_cluster_1(_url), redis_cluster_6.
 pytest_plugins = ["tests.redis_servers"]

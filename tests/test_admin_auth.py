@@ -12,9 +12,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import make_app
-from gateway.clock import ManualClock, SystemClock
-from gateway.coordinator import Coordinator
-from gateway.document import build_config
+from domain.clock import ManualClock, SystemClock
+from node.coordinator import Coordinator
+from domain.document import build_config
 from gateway.keys import AUTH, COORDINATOR
 from snapshots.store import Store
 from tests.conftest import ADDRESS, T0, TOKEN, Gateway, MakeGateway, base_config, discount, item, order

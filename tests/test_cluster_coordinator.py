@@ -14,12 +14,12 @@ import pytest
 from cluster.config_store import ConfigStore
 from cluster.connection import Redis, connect
 from cluster.coordinator import ClusterCoordinator
-from gateway.clock import ManualClock
+from domain.clock import ManualClock
 from gateway.codec import digest
-from gateway.document import build_config
-from gateway.errors import Conflict, Gone
-from gateway.schema import CheckRequest
-from gateway.types import Code, Decision, OrderState
+from domain.document import build_config
+from domain.errors import Conflict, Gone
+from domain.schema import CheckRequest
+from domain.types import Code, Decision, OrderState
 from tests.conftest import T0
 
 DOC: dict[str, Any] = {

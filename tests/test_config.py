@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from gateway.cli import main
-from gateway.config import Config
-from gateway.document import ConfigError, build_config, demo_config, load_config, read_config
+from domain.config import Config
+from domain.document import ConfigError, build_config, load_config, read_config
+from gateway.cli import demo_config
 from tests.conftest import Gateway, MakeGateway, base_config, discount, item, order
 
 SPEC_TOML = """

@@ -10,9 +10,9 @@ import pytest
 
 from gateway import stats as stats_module
 from gateway.keys import STATS
-from gateway.schema import CheckRequest, CheckResponse
+from domain.schema import CheckRequest, CheckResponse
 from gateway.stats import Stats, region_path
-from gateway.types import Decision
+from domain.types import Decision
 from tests.conftest import ADDRESS, MakeGateway, base_config, discount, item, order
 
 

@@ -18,11 +18,11 @@ from collections import Counter
 from pathlib import Path
 
 from bench.crash import Result, RoundPlan, config_doc, run_crash
-from gateway.clock import ManualClock
-from gateway.coordinator import Coordinator
+from domain.clock import ManualClock
+from node.coordinator import Coordinator
 from gateway.decisions import read_log
-from gateway.document import build_config
-from gateway.types import OrderState
+from domain.document import build_config
+from domain.types import OrderState
 from snapshots.store import Store
 
 

@@ -11,9 +11,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import make_app
 from gateway.cli import main
-from gateway.clock import ManualClock
-from gateway.coordinator import Coordinator
-from gateway.document import build_config
+from domain.clock import ManualClock
+from node.coordinator import Coordinator
+from domain.document import build_config
 from gateway.keys import DECISIONS
 from gateway.replay import replay
 from snapshots.store import Store

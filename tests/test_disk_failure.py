@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from gateway.clock import ManualClock
+from domain.clock import ManualClock
 from snapshots import journal_files
 from snapshots import snapshot as snapshot_files
 from snapshots.journal import DiskError, FsyncMode

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from gateway.document import parse_document
+from domain.document import parse_document
 from tests.conftest import MakeGateway, discount, item, order
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

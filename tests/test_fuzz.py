@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.app import make_app
-from gateway.clock import ManualClock
-from gateway.coordinator import Coordinator
-from gateway.document import build_config
+from domain.clock import ManualClock
+from node.coordinator import Coordinator
+from domain.document import build_config
 from tests.conftest import ADDRESS, T0, TOKEN, base_config, discount, item, order
 from tests.test_snapshot_restore import canonical
 

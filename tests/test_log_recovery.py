@@ -22,7 +22,7 @@ import pytest
 
 from bench.crash import TOKEN, Server, start_server
 from gateway import decisions
-from gateway.document import build_config
+from domain.document import build_config
 from gateway.keys import DECISIONS
 from gateway.replay import replay
 from gateway.stats import Stats

@@ -39,10 +39,10 @@ from schemathesis.specs.openapi.checks import (
 
 from gateway import openapi
 from gateway.app import make_app
-from gateway.clock import ManualClock
+from domain.clock import ManualClock
 from gateway.codec import MSGPACK
-from gateway.coordinator import Coordinator
-from gateway.document import build_config
+from node.coordinator import Coordinator
+from domain.document import build_config
 from snapshots.store import Store
 from tests.conftest import T0, TOKEN, Gateway, base_config, item, order
 

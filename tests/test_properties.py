@@ -1,6 +1,6 @@
 """Property-based test of the coordinator: random checks, confirms, cancels, expiries and clock moves.
 
-A hypothesis state machine drives `gateway.coordinator.Coordinator` directly, on a manual clock,
+A hypothesis state machine drives `node.coordinator.Coordinator` directly, on a manual clock,
 over a small configuration with tight limits (SKU limits per user and device, an SPU limit,
 activity user and SKU limits, small budgets, an activity window, a price fuse, risk rules with
 short windows, an auto-blacklist). Alongside it runs an independent model of SPEC section 3: the
@@ -35,14 +35,14 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from gateway.clock import ManualClock
+from domain.clock import ManualClock
 from gateway.codec import digest
-from gateway.config import Config
-from gateway.coordinator import Coordinator
-from gateway.document import build_config
-from gateway.errors import ApiError, Conflict, Gone
-from gateway.schema import CheckRequest, CheckResponse
-from gateway.types import OrderState, key
+from domain.config import Config
+from node.coordinator import Coordinator
+from domain.document import build_config
+from domain.errors import ApiError, Conflict, Gone
+from domain.schema import CheckRequest, CheckResponse
+from domain.types import OrderState, key
 
 T0 = 1_800_000_000
 HOLD_TTL = 30

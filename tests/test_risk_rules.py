@@ -22,7 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from actors.window import SMALL, Window
-from gateway.types import SEP, key
+from domain.types import SEP, key
 from tests.conftest import ADDRESS, T0, Gateway, MakeGateway, base_config, item, order
 
 VAGUE = "Too many orders right now, please try again later"

@@ -25,14 +25,14 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from actors.orders import Order
 from gateway.app import make_app
-from gateway.clock import Clock, ManualClock
+from domain.clock import Clock, ManualClock
 from gateway.codec import digest
-from gateway.config import Config
-from gateway.coordinator import Coordinator
-from gateway.document import build_config
-from gateway.errors import Gone
-from gateway.schema import CheckRequest, CheckResponse, ClaimRequest
-from gateway.types import Code, Decision, OrderState
+from domain.config import Config
+from node.coordinator import Coordinator
+from domain.document import build_config
+from domain.errors import Gone
+from domain.schema import CheckRequest, CheckResponse, ClaimRequest
+from domain.types import Code, Decision, OrderState
 from snapshots import journal, journal_files
 from snapshots import snapshot as snapshot_files
 from snapshots import state as state_codec

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.clock import ManualClock
-from gateway.coordinator import Coordinator
-from gateway.document import build_config
+from domain.clock import ManualClock
+from node.coordinator import Coordinator
+from domain.document import build_config
 from snapshots import snapshot as snapshot_files
 from snapshots.store import Store
 from tests.conftest import base_config

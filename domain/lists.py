@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from gateway.values import PRINTABLE, Entry, Id, fold_path, fold_phone
+from domain.values import PRINTABLE, Entry, Id, fold_path, fold_phone
 
 ListKind = Literal["user", "device", "phone", "address", "discount"]
 LIST_KINDS: tuple[ListKind, ...] = ("user", "device", "phone", "address", "discount")

@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import Any, cast
 
 from actors.ledger import Ledger
-from gateway.config import SECTIONS, Config, Settings
-from gateway.document import ConfigError, build_config, convert_entry
-from gateway.lists import LIST_KINDS, ListKind, ListName
-from gateway.types import Record, key
+from domain.config import SECTIONS, Config, Settings
+from domain.document import ConfigError, build_config, convert_entry
+from domain.lists import LIST_KINDS, ListKind, ListName
+from domain.types import Record, key
 
 
 def validate_entry(section: str, ident: str, raw: Any) -> Any:

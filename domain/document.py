@@ -18,9 +18,9 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import msgspec
 
-from gateway.config import SECTIONS, SINGLES, Activity, Config, Coupon, Rule, Scope, Settings, Sku, Spu
-from gateway.lists import ListsDoc, ListSet
-from gateway.values import Entry
+from domain.config import SECTIONS, SINGLES, Activity, Config, Coupon, Rule, Scope, Settings, Sku, Spu
+from domain.lists import ListsDoc, ListSet
+from domain.values import Entry
 
 E = TypeVar("E", bound=Entry)
 
@@ -287,8 +287,3 @@ def read_document(path: Path) -> Any:
 def load_config(path: Path) -> Config:
     """A configuration file, validated as `read_config` does (warnings left to `check-config`)."""
     return read_config(read_document(path))[0]
-
-
-def demo_config() -> Config:
-    """The embedded demo configuration that `flashguard serve` runs on when given no --config."""
-    return load_config(Path(__file__).with_name("demo.toml"))

@@ -14,13 +14,13 @@ import msgspec
 
 from actors.ledger import Ledger
 from actors.orders import Footprint, Order
-from gateway.checks import Evaluation, evaluate, unknown_entry
-from gateway.config import Config
-from gateway.messages import buyer_message
-from gateway.schema import CheckRequest, CheckResponse, ClaimRequest, Hold, OrderView
-from gateway.subjects import Subjects, blacklist_reasons, user_key, whitelisted
-from gateway.types import DEGRADABLE, Code, Decision, Notice, OrderState, Reason, Subject, counter_key, reason
-from gateway.values import fold_phone
+from rules.checks import Evaluation, evaluate, unknown_entry
+from domain.config import Config
+from domain.messages import buyer_message
+from domain.schema import CheckRequest, CheckResponse, ClaimRequest, Hold, OrderView
+from rules.subjects import Subjects, blacklist_reasons, user_key, whitelisted
+from domain.types import DEGRADABLE, Code, Decision, Notice, OrderState, Reason, Subject, counter_key, reason
+from domain.values import fold_phone
 
 
 @dataclass(slots=True)

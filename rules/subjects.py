@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 from actors.ledger import Ledger
 from actors.subject import SubjectActor
-from gateway.config import Config
-from gateway.values import fold, fold_phone
-from gateway.schema import Address, CheckRequest
-from gateway.types import REGION_DEPTH, SEP, Code, Notice, Reason, Subject, SubjectKey, reason
+from domain.config import Config
+from domain.values import fold, fold_phone
+from domain.schema import Address, CheckRequest
+from domain.types import REGION_DEPTH, SEP, Code, Notice, Reason, Subject, SubjectKey, reason
 
 _USER = "user" + SEP
 _DEVICE = "device" + SEP

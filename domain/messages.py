@@ -6,8 +6,8 @@ every reason of the refusal may be stated; anything else gets the vague "too man
 
 from __future__ import annotations
 
-from gateway.config import Config
-from gateway.types import Code, Decision, Reason
+from domain.config import Config
+from domain.types import Code, Decision, Reason
 
 DEFAULTS = {
     "zh": {

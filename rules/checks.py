@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from actors.ledger import Ledger
 from actors.orders import Footprint
 from actors.subject import SubjectActor
-from gateway.config import Config, Sku, Spu, sku_scopes
-from gateway.schema import CheckRequest
-from gateway.subjects import Subjects, blacklist_reasons, whitelisted
-from gateway.types import (
+from domain.config import Config, Sku, Spu, sku_scopes
+from domain.schema import CheckRequest
+from rules.subjects import Subjects, blacklist_reasons, whitelisted
+from domain.types import (
     LIMIT_SUBJECTS,
     Code,
     CounterKey,

@@ -15,9 +15,9 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 
-from gateway.lists import ListName, ListsDoc, ListSet
-from gateway.types import LIMIT_SUBJECTS, CounterKey, Subject, counter_key, key
-from gateway.values import (
+from domain.lists import ListName, ListsDoc, ListSet
+from domain.types import LIMIT_SUBJECTS, CounterKey, Subject, counter_key, key
+from domain.values import (
     MAX_MONEY,
     MAX_QUANTITY,
     MAX_WINDOW,

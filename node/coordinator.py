@@ -18,14 +18,14 @@ import msgspec
 from actors.expiry import Due
 from actors.ledger import Ledger
 from actors.orders import Order, OrderBook
-from gateway.changes import apply_change
-from gateway.clock import Clock
-from gateway.config import Config
-from gateway.decide import decide, decide_claim, decode_response, order_view
-from gateway.errors import Conflict, Gone, NotFound
-from gateway.schema import CheckRequest, CheckResponse, ClaimRequest, OrderView
-from gateway.subjects import order_subjects, user_key
-from gateway.types import Decision, OrderState, Record
+from rules.changes import apply_change
+from domain.clock import Clock
+from domain.config import Config
+from rules.decide import decide, decide_claim, decode_response, order_view
+from domain.errors import Conflict, Gone, NotFound
+from domain.schema import CheckRequest, CheckResponse, ClaimRequest, OrderView
+from rules.subjects import order_subjects, user_key
+from domain.types import Decision, OrderState, Record
 
 
 

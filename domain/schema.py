@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from gateway.values import MAX_MONEY, MAX_QUANTITY, Id, IdText, Money, control_character
-from gateway.types import Decision, Notice, OrderState, Reason
+from domain.values import MAX_MONEY, MAX_QUANTITY, Id, IdText, Money, control_character
+from domain.types import Decision, Notice, OrderState, Reason
 
 Text = Annotated[str, msgspec.Meta(max_length=256)]
 MAX_ITEMS = 100
