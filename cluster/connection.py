@@ -24,6 +24,7 @@ from redis.exceptions import RedisError, ResponseError
 LIBRARY = (Path(__file__).parent / "flashguard.lua").read_text()
 LIBRARY_NAME = "flashguard"
 TIMEOUT = 2.0  # seconds for one call: past it, Redis counts as unreachable for this request
+WAIT_MS = 1000  # how long a write waits for its replicas with --redis-wait-replicas
 
 Call = tuple[str, Sequence[str], Sequence[Any]]
 
@@ -50,9 +51,10 @@ class _Cluster(RedisCluster):
 
 
 class Redis:
-    def __init__(self, client: aioredis.Redis | _Cluster, clustered: bool) -> None:
+    def __init__(self, client: aioredis.Redis | _Cluster, clustered: bool, wait_replicas: int = 0) -> None:
         self.client = client
         self.clustered = clustered
+        self.wait_replicas = wait_replicas
 
     async def call(self, fn: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return (await self.batch([(fn, keys, args)]))[0]
@@ -65,10 +67,36 @@ class Redis:
             pipe = self.client.pipeline(transaction=False)
             for fn, keys, args in calls:
                 pipe.execute_command("FCALL", fn, len(keys), *keys, *args)
+            waits = self._wait(pipe, calls)
             async with asyncio.timeout(TIMEOUT):
-                return list(await pipe.execute())
+                answers = list(await pipe.execute())
         except (RedisError, OSError, TimeoutError) as e:
             raise RedisDown(f"{type(e).__name__}: {e}") from None
+        if waits:
+            acked = min(answers[-waits:])
+            if acked < self.wait_replicas:
+                raise RedisDown(f"only {acked} of {self.wait_replicas} replicas acknowledged the write within {WAIT_MS} ms")
+            del answers[-waits:]
+        return answers
+
+    def _wait(self, pipe: Any, calls: list[Call]) -> int:
+        """With `wait_replicas`, end each primary's part of the pipeline with WAIT: it runs on the
+        connection that sent the calls, after them (a Function cannot wait inside itself), and
+        answers how many replicas have them. Returns how many WAITs were added."""
+        if not self.wait_replicas:
+            return 0
+        if not isinstance(self.client, _Cluster):
+            pipe.execute_command("WAIT", self.wait_replicas, WAIT_MS)
+            return 1
+        primaries = {}
+        for _, keys, _ in calls:
+            node = self.client.get_node_from_key(keys[0])
+            if node is None:
+                raise RedisDown(f"no primary serves the slot of {keys[0]!r}")
+            primaries[node.name] = node
+        for node in primaries.values():
+            pipe.execute_command("WAIT", self.wait_replicas, WAIT_MS, target_nodes=node)
+        return len(primaries)
 
     async def get(self, key: str) -> bytes | None:
         try:
@@ -89,8 +117,10 @@ class Redis:
         await self.client.aclose()
 
 
-async def connect(url: str) -> Redis:
-    """Connect, detect a cluster, and make sure our Functions library is the one loaded."""
+async def connect(url: str, wait_replicas: int = 0) -> Redis:
+    """Connect, detect a cluster, and make sure our Functions library is the one loaded. With
+    `wait_replicas`, every batch returns only once that many replicas of each primary it wrote to
+    hold it (else it fails as `RedisDown`: not acknowledged)."""
     options: dict[str, Any] = {"socket_timeout": TIMEOUT, "socket_connect_timeout": TIMEOUT}
     probe = aioredis.Redis.from_url(url, **options)
     try:
@@ -102,9 +132,9 @@ async def connect(url: str) -> Redis:
         await probe.aclose()
         cluster = _Cluster.from_url(url, **options)
         assert isinstance(cluster, _Cluster)
-        redis = Redis(cluster, clustered=True)
+        redis = Redis(cluster, clustered=True, wait_replicas=wait_replicas)
     else:
-        redis = Redis(probe, clustered=False)
+        redis = Redis(probe, clustered=False, wait_replicas=wait_replicas)
     try:
         await _load_library(redis)
     except BaseException:

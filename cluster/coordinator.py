@@ -28,8 +28,8 @@ from actors.ledger import Ledger
 from actors.orders import Order
 from cluster.config_store import ConfigStore
 from cluster.connection import Call, Redis
-from cluster.keys import BUCKETS, CLOCK_KEY, activity_tag, inflight_key, order_keys, slot_keys
-from cluster.partition import Read, SlotOps, auto_guards, order_activities, partition, reads, view
+from cluster.keys import BUCKETS, CLOCK_KEY, activity_tag, holds_key, inflight_key, order_keys, slot_keys
+from cluster.partition import Read, SlotOps, auto_guards, fields, order_activities, partition, reads, view
 from rules.changes import pardoned
 from domain.clock import Clock, ClockError
 from domain.config import Config
@@ -37,7 +37,7 @@ from rules.decide import claim_subjects, decide, decide_claim, decode_response, 
 from domain.errors import Conflict, Gone, NotFound, Unavailable
 from domain.schema import CheckRequest, CheckResponse, ClaimRequest, OrderView
 from rules.subjects import Subjects, order_subjects, user_key
-from domain.types import Decision, OrderState, Record, Subject, counter_key
+from domain.types import SEP, Decision, OrderState, Record, SubjectKey, counter_key
 
 log = logging.getLogger("flashguard.cluster")
 
@@ -55,6 +55,7 @@ class ClusterStats:
     contention: int = 0  # reserve rounds refused by a guard and given back (brief false refusals)
     takeovers: int = 0  # orders whose gateway died mid-way, given back or finished by another
     round_trips: int = 0  # batches sent to Redis
+    expired: int = 0  # holds this gateway's sweeper counted out
 
 
 def _ok(answer: Any) -> bool:
@@ -95,10 +96,13 @@ class ClusterCoordinator:
             raise ClockError(f"the clock cannot move backwards (now {int(answer[1])}, asked {to})")
         return int(answer[1])
 
-    async def move_clock(self, advance: int, to: int | None) -> int:
+    async def move_clock(self, advance: int, to: int | None) -> tuple[int, int]:
+        """Move the one clock; returns the new time and the holds that ran out by it. With a
+        manual clock only this counts holds out (the sweepers leave them), so the answer is exact."""
         if advance < 0:
             raise ClockError("advance must be zero or more seconds")
-        return await self._move_clock(advance, to)
+        now = await self._move_clock(advance, to)
+        return now, await self.expire_holds(now)
 
     # -- checks ---------------------------------------------------------------------------
 
@@ -287,8 +291,11 @@ class ClusterCoordinator:
     # -- what any gateway sweeps ------------------------------------------------------------
 
     async def sweep(self) -> int:
-        """Give back or finish the orders whose gateway died mid-way; returns how many."""
+        """Give back or finish the orders whose gateway died mid-way, and count out the holds that
+        ran out (with a system clock); returns how many orders were recovered."""
         now = await self.now()
+        if not self.manual_clock:
+            self.stats.expired += await self.expire_holds(now)
         stale = await self._batch([("fg_stale", [inflight_key(b)], (now, 100)) for b in range(BUCKETS)])
         done = 0
         for oids in stale:
@@ -296,6 +303,15 @@ class ClusterCoordinator:
                 await self._recover(raw.decode(), now)
                 done += 1
         return done
+
+    async def expire_holds(self, now: int) -> int:
+        """Holds that ran out by `now`, each counted by one gateway (their quotas are back already:
+        every slot ends its own holds at their time)."""
+        return sum(await self._batch([("fg_expire", [holds_key(b)], (now,)) for b in range(BUCKETS)]))
+
+    async def live_holds(self) -> int:
+        now = await self.now()
+        return sum(await self._batch([("fg_holds", [holds_key(b)], (now,)) for b in range(BUCKETS)]))
 
     async def _recover(self, order_id: str, now: int) -> None:
         okeys = order_keys(order_id)
@@ -319,10 +335,15 @@ class ClusterCoordinator:
             await self.redis.call("fg_pardon", slot_keys(user_key(user_id)), (await self.now(),))
 
     async def user_ledger(self, user_id: str) -> Ledger:
-        """The user's actor as Redis holds it now, with every window a rule keys users on."""
-        windows = tuple((p.window, p.seconds) for p in self.config.rule_plan() if p.subject is Subject.USER)
-        wanted = [Read(user_key(user_id), windows)]
-        return await self._read(wanted)
+        return await self.subject_ledger(user_key(user_id))
+
+    async def subject_ledger(self, subject: SubjectKey) -> Ledger:
+        """The subject's actor as Redis holds it now, with every window it holds (a window key
+        ends with its length), as the single node's actor keeps them."""
+        flat, listed = await self.redis.call("fg_read", slot_keys(subject), (await self.now(), "*"))
+        totals = fields(listed)
+        windows = tuple((w, int(w.rsplit(SEP, 1)[1])) for w in totals)
+        return view([Read(subject, windows)], [(flat, list(totals.values()))])
 
     async def activity_ledger(self, activity_ids: list[str]) -> Ledger:
         return await self._read([Read(activity_tag(a)) for a in activity_ids])

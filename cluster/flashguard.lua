@@ -13,9 +13,10 @@
 -- alive for a hold to expire at its time: the next call into the slot sees it gone.
 --
 -- An order's record lives in its own bucket slot: KEYS[1] the order hash, KEYS[2] the bucket's
--- zset of orders in flight (pending checks, confirms and cancels), scored by their lease.
+-- zset of orders in flight (pending checks, confirms and cancels), scored by their lease, KEYS[3]
+-- the bucket's zset of held orders, scored by their expiry (to count holds as they run out).
 
-local VERSION = '1'
+local VERSION = '2'
 local TOMBSTONE = 3600   -- seconds a released reservation id is remembered
 local SEP = '\30'        -- between a window key and its second
 
@@ -101,11 +102,22 @@ local function settle(keys, now)
 end
 
 -- fg_read(slot keys; now, window key...): the slot's counters, as a flat list, and each window's
--- total, once everything due is settled.
+-- total, once everything due is settled. With the one window key '*': every window the slot
+-- holds, as a flat list of window key and total (the admin's view of a subject).
 local function fg_read(keys, args)
   settle(keys, tonumber(args[1]))
   local totals = {}
-  for i = 2, #args do totals[#totals + 1] = num(redis.call('HGET', keys[2], args[i])) end
+  if args[2] == '*' then
+    local flat = redis.call('HGETALL', keys[2])
+    for i = 1, #flat, 2 do
+      if not string.find(flat[i], SEP, 1, true) then
+        totals[#totals + 1] = flat[i]
+        totals[#totals + 1] = flat[i + 1]
+      end
+    end
+  else
+    for i = 2, #args do totals[#totals + 1] = num(redis.call('HGET', keys[2], args[i])) end
+  end
   return {redis.call('HGETALL', keys[1]), totals}
 end
 
@@ -274,6 +286,7 @@ local function fg_commit(keys, args)
   redis.call('HSET', keys[1], 'st', args[4], 'o', args[5], 'ex', args[6], 'rid', args[7])
   redis.call('HDEL', keys[1], 'fp', 'ls')
   redis.call('ZREM', keys[2], oid)
+  if args[4] == 'held' then redis.call('ZADD', keys[3], args[6], oid) end
   return {'ok'}
 end
 
@@ -298,6 +311,7 @@ local function fg_begin_move(keys, args)
   end
   redis.call('HSET', keys[1], 'st', 'moving', 'ls', lease, 'mv', move .. ':' .. st)
   redis.call('ZADD', keys[2], lease, oid)
+  redis.call('ZREM', keys[3], oid)
   return {'go', f[2], f[6], move .. ':' .. st}
 end
 
@@ -317,6 +331,20 @@ end
 -- fg_stale(order keys[2] only; now, limit): orders whose lease ran out: their gateway is gone.
 local function fg_stale(keys, args)
   return redis.call('ZRANGE', keys[1], '-inf', tonumber(args[1]), 'BYSCORE', 'LIMIT', 0, tonumber(args[2]))
+end
+
+-- fg_expire(bucket keys: held zset only; now): the holds of the bucket that ran out by `now`,
+-- counted once and dropped from the index. Their slots already ended them (see `settle`), and a
+-- read shows such an order as expired, so nothing else needs to change.
+local function fg_expire(keys, args)
+  local n = redis.call('ZCOUNT', keys[1], '-inf', args[1])
+  if n > 0 then redis.call('ZREMRANGEBYSCORE', keys[1], '-inf', args[1]) end
+  return n
+end
+
+-- fg_holds(bucket keys: held zset only; now): the bucket's holds still running at `now`.
+local function fg_holds(keys, args)
+  return redis.call('ZCOUNT', keys[1], '(' .. args[1], '+inf')
 end
 
 -- fg_abandon(order keys; now, order id, attempt, force): drop a pending check whose reservations
@@ -370,7 +398,9 @@ redis.register_function('fg_begin_move', fg_begin_move)
 redis.register_function('fg_end_move', fg_end_move)
 redis.register_function('fg_stale', fg_stale)
 redis.register_function('fg_abandon', fg_abandon)
+redis.register_function('fg_expire', fg_expire)
 redis.register_function('fg_config_set', fg_config_set)
 redis.register_function('fg_clock', fg_clock)
 redis.register_function{function_name = 'fg_order', callback = fg_order, flags = {'no-writes'}}
+redis.register_function{function_name = 'fg_holds', callback = fg_holds, flags = {'no-writes'}}
 redis.register_function{function_name = 'fg_version', callback = fg_version, flags = {'no-writes'}}

@@ -4,14 +4,14 @@ The unit of atomicity in Redis Cluster is one slot: a Function may touch only ke
 every actor's keys share one hash tag (its actor key: a subject key such as 'user\\x1fu1', or
 'act\\x1fA1', 'sku\\x1fS1'), and one call applies everything an order does to that actor. An
 order's record sits in one of `BUCKETS` bucket slots (by a hash of its id, never of user input)
-beside the bucket's set of orders in flight, which the sweeper walks.
+beside the bucket's set of orders in flight, which the sweeper walks, and its set of holds by expiry.
 """
 
 from __future__ import annotations
 
 import zlib
 
-from gateway.types import SEP
+from domain.types import SEP
 
 PREFIX = "fg:"
 BUCKETS = 64
@@ -42,14 +42,18 @@ def bucket(order_id: str) -> int:
     return zlib.crc32(order_id.encode()) % BUCKETS
 
 
-def order_keys(order_id: str) -> tuple[str, str]:
-    """The order's record and its bucket's set of orders in flight."""
+def order_keys(order_id: str) -> tuple[str, str, str]:
+    """The order's record, its bucket's set of orders in flight and its bucket's set of holds."""
     b = bucket(order_id)
-    return f"{PREFIX}{{o:{b}}}:{order_id}", inflight_key(b)
+    return f"{PREFIX}{{o:{b}}}:{order_id}", inflight_key(b), holds_key(b)
 
 
 def inflight_key(b: int) -> str:
     return f"{PREFIX}{{o:{b}}}:inflight"
+
+
+def holds_key(b: int) -> str:
+    return f"{PREFIX}{{o:{b}}}:holds"
 
 
 # The configuration document and its version share a slot, so one Function compares and sets them.

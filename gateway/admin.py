@@ -1,7 +1,7 @@
 """The admin API (SPEC section 5): the configuration, lists, settings, counters, and the clock.
 
-Every change is built as a record (see `changes`) and applied through the coordinator, which
-journals it; the change is in force for the next check. The bearer token is checked by the
+Every change is built as a record (see `rules.changes`) and applied through the service (journaled
+by the single node, stored in Redis in cluster mode); the change is in force for the next check. The bearer token is checked by the
 middleware in `app`, not here.
 """
 
@@ -18,7 +18,7 @@ from gateway.codec import decode, parse, respond
 from domain.config import SECTIONS, Settings
 from domain.document import ConfigError, convert_entry, read_config
 from domain.errors import BadRequest, Conflict, NotFound, Unavailable
-from gateway.keys import COORDINATOR, DECISIONS, MANUAL_CLOCK, STORE
+from gateway.keys import COORDINATOR, DECISIONS, SERVICE, STORE
 from domain.lists import LIST_KINDS, LIST_VALUE, ListKind, ListName, normalize_list_value
 from domain.schema import ClockRequest
 from rules.subjects import auto_blacklisted
@@ -34,15 +34,14 @@ _LIST_NAMES: tuple[ListName, ...] = get_args(ListName)
 
 async def _change(request: web.Request, record: Record) -> None:
     try:
-        request.app[COORDINATOR].change(record)
+        await request.app[SERVICE].change(record)
     except ConfigError as e:
         raise BadRequest("invalid_config", "; ".join(e.errors)) from None
-    await request.app[COORDINATOR].journal.commit()
 
 
 @routes.get("/v1/admin/config")
 async def get_config(request: web.Request) -> web.Response:
-    return respond(request, request.app[COORDINATOR].config.to_doc())
+    return respond(request, request.app[SERVICE].config.to_doc())
 
 
 @routes.put("/v1/admin/config")
@@ -53,7 +52,7 @@ async def put_config(request: web.Request) -> web.Response:
     except ConfigError as e:
         raise BadRequest("invalid_config", "; ".join(e.errors)) from None
     await _change(request, ("config", doc))
-    return respond(request, request.app[COORDINATOR].config.to_doc())
+    return respond(request, request.app[SERVICE].config.to_doc())
 
 
 @routes.put("/v1/admin/" + _SECTION_PATTERN + "/{ident}")
@@ -72,7 +71,7 @@ async def put_entry(request: web.Request) -> web.Response:
 @routes.delete("/v1/admin/" + _SECTION_PATTERN + "/{ident}")
 async def delete_entry(request: web.Request) -> web.Response:
     section, ident = request.match_info["section"], request.match_info["ident"]
-    if ident not in request.app[COORDINATOR].config.section(section):
+    if ident not in request.app[SERVICE].config.section(section):
         raise NotFound("unknown_entry", f"no {section} entry {ident!r}")
     await _change(request, ("delete", section, ident))
     return respond(request, {"deleted": ident})
@@ -80,7 +79,7 @@ async def delete_entry(request: web.Request) -> web.Response:
 
 @routes.get("/v1/admin/lists")
 async def get_lists(request: web.Request) -> web.Response:
-    cfg = request.app[COORDINATOR].config
+    cfg = request.app[SERVICE].config
     return respond(request, {"blacklist": cfg.blacklist.to_doc(), "whitelist": cfg.whitelist.to_doc()})
 
 
@@ -111,10 +110,11 @@ async def put_list_entry(request: web.Request) -> web.Response:
 @routes.delete(_LIST_PATTERN)
 async def delete_list_entry(request: web.Request) -> web.Response:
     name, kind, value = _list_entry(request)
-    cfg = request.app[COORDINATOR].config
+    service = request.app[SERVICE]
+    cfg = service.config
     listed = cfg.list_set(name).has(kind, normalize_list_value(kind, value))
-    user = request.app[COORDINATOR].ledger.find(key("user", value))
-    auto = name == "blacklist" and kind == "user" and user is not None and auto_blacklisted(cfg, user)
+    user = (await service.user_ledger(value)).find(key("user", value)) if name == "blacklist" and kind == "user" else None
+    auto = user is not None and auto_blacklisted(cfg, user)
     if not listed and not auto:
         raise NotFound("not_listed", f"{value!r} is not on the {name} as a {kind}")
     await _change(request, ("list", name, kind, value, False))
@@ -126,7 +126,7 @@ async def patch_settings(request: web.Request) -> web.Response:
     patch = await parse(request)
     if not isinstance(patch, dict):
         raise BadRequest("invalid_config", "settings: expected an object of settings to change")
-    current = msgspec.to_builtins(request.app[COORDINATOR].config.settings)
+    current = msgspec.to_builtins(request.app[SERVICE].config.settings)
     merged = {**current, **patch}
     if isinstance(patch.get("messages"), dict):  # one message changed keeps the other overrides
         merged["messages"] = {**current.get("messages", {}), **patch["messages"]}
@@ -135,15 +135,15 @@ async def patch_settings(request: web.Request) -> web.Response:
     except ConfigError as e:
         raise BadRequest("invalid_config", "; ".join(e.errors)) from None
     await _change(request, ("settings", merged))
-    return respond(request, request.app[COORDINATOR].config.to_doc()["settings"])
+    return respond(request, request.app[SERVICE].config.to_doc()["settings"])
 
 
 @routes.get("/v1/admin/activities/{ident}")
 async def get_activity(request: web.Request) -> web.Response:
-    coordinator = request.app[COORDINATOR]
+    service = request.app[SERVICE]
     ident = request.match_info["ident"]
-    activity = coordinator.config.activities.get(ident)
-    actor = coordinator.ledger.activities.get(ident)
+    activity = service.config.activities.get(ident)
+    actor = (await service.activity_ledger([ident])).activities.get(ident)
     if activity is None and actor is None:
         raise NotFound("unknown_activity", f"no activity {ident!r}")
     held = actor.held if actor is not None else 0
@@ -157,18 +157,18 @@ async def get_activity(request: web.Request) -> web.Response:
         "held": held,
         "remaining": None if budget is None else max(budget - spent - held, 0),
         "fused": budget is not None and spent + held >= budget,
-        "active": activity is not None and activity.active(coordinator.clock.now()),
+        "active": activity is not None and activity.active(await service.now()),
     }
     return respond(request, out)
 
 
 @routes.get("/v1/admin/users/{ident}")
 async def get_user(request: web.Request) -> web.Response:
-    coordinator = request.app[COORDINATOR]
+    service = request.app[SERVICE]
     ident = request.match_info["ident"]
-    cfg = coordinator.config
-    now = coordinator.clock.now()
-    actor = coordinator.ledger.find(key("user", ident))
+    cfg = service.config
+    now = await service.now()
+    actor = (await service.user_ledger(ident)).find(key("user", ident))
     counters: dict[str, dict[str, int]] = {"sku": {}, "spu": {}, "activity": {}, "activity_sku": {}, "coupon": {}}
     windows: list[dict[str, Any]] = []
     if actor is not None:
@@ -200,19 +200,15 @@ async def get_user(request: web.Request) -> web.Response:
 
 @routes.post("/v1/admin/clock")
 async def move_clock(request: web.Request) -> web.Response:
-    clock = request.app.get(MANUAL_CLOCK)
-    if clock is None:
+    service = request.app[SERVICE]
+    if not service.manual_clock:
         raise NotFound("not_found", "the clock can be moved only when the server runs with --manual-clock")
     req = await decode(request, ClockRequest)
     try:
-        clock.set(req.set) if req.set is not None else clock.advance(req.advance or 0)
+        now, expired = await service.move_clock(req.advance or 0, req.set)
     except ClockError as e:
         raise BadRequest("invalid_clock", str(e)) from None
-    coordinator = request.app[COORDINATOR]
-    coordinator.journal.append(("clock", clock.now()))  # a restart continues from here
-    expired = coordinator.expire_due(clock.now())
-    await coordinator.journal.commit()
-    return respond(request, {"now": clock.now(), "expired": expired})
+    return respond(request, {"now": now, "expired": expired})
 
 
 DECISION_FILTERS = frozenset({"user_id", "order_id", "code", "since", "limit"})

@@ -1,9 +1,11 @@
-"""The aiohttp application: middlewares (errors, load shedding, admin auth, disk guard), routes,
-and the lifecycle.
+"""The aiohttp application: middlewares (errors, load shedding, admin auth, and on the single node
+the disk guard), routes, and the lifecycle.
 
-`make_app` wires a coordinator to HTTP. Its one cleanup context restores the state from the data
-directory (when there is one), settles the admin token, starts the background tasks (expiry
-sweeper, periodic snapshots), yields while the server runs, then writes the final snapshot.
+`make_app` wires either mode's state to HTTP through its `service`. Its one cleanup context lets
+the service restore (single node: the data directory) or connect (cluster: seed the configuration
+store), settles the admin token, runs the background tasks the service started (sweeper,
+snapshots, configuration polling) while the server runs, then lets the service stop (single node:
+the final snapshot).
 """
 
 from __future__ import annotations
@@ -16,26 +18,28 @@ import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import msgspec
 from aiohttp import web
 
-from gateway import admin, console, metrics, openapi, routes
-from domain.clock import Clock, ManualClock
-from gateway.codec import ADMIN_BODY_LIMIT, error_body, respond
+from cluster.connection import RedisDown
+from cluster.coordinator import ClusterCoordinator
 from domain.config import Config
-from node.coordinator import Coordinator
-from gateway.decisions import DecisionLog
 from domain.errors import ApiError, Overloaded, Unauthorized, Unavailable
-from gateway.keys import AUTH, CLOCK, COORDINATOR, DECISIONS, LOAD, MANUAL_CLOCK, RELOAD, SEED, SNAPSHOT_EVERY, STATS, STORE, Auth, Load
+from gateway import admin, console, metrics, openapi, routes
+from gateway.codec import ADMIN_BODY_LIMIT, error_body, respond
+from gateway.decisions import DecisionLog
+from gateway.keys import AUTH, COORDINATOR, DECISIONS, LOAD, SERVICE, STATS, STORE, Auth, Load
+from gateway.service import ClusterService, NodeService, Service
 from gateway.stats import Stats
+from node.coordinator import Coordinator
 from snapshots.journal import DiskError
 from snapshots.store import Store
 
 log = logging.getLogger("flashguard")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-SWEEP_INTERVAL = 1.0
 DEFAULT_MAX_INFLIGHT = 1024
 
 
@@ -52,6 +56,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(request, e.status, e.code, e.message, e.headers)
     except DiskError as e:
         return _error(request, 503, "disk_unavailable", f"the change could not be made durable and was not acknowledged: {e}")
+    except RedisDown as e:
+        return _error(
+            request, 503, "redis_unavailable", f"Redis cannot be reached; nothing was acknowledged, retry: {e}", {"Retry-After": "1"}
+        )
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -85,7 +93,7 @@ async def admin_auth(request: web.Request, handler: Handler) -> web.StreamRespon
     if request.path.startswith("/v1/admin/"):
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
-        expected = request.app[AUTH].token(request.app[COORDINATOR].config) or ""
+        expected = request.app[AUTH].token(request.app[SERVICE].config) or ""
         if scheme.lower() != "bearer" or not expected or not hmac.compare_digest(token.strip().encode(), expected.encode()):
             raise Unauthorized(
                 "unauthorized", "admin calls need 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"}
@@ -103,51 +111,23 @@ async def disk_guard(request: web.Request, handler: Handler) -> web.StreamRespon
     return await handler(request)
 
 
-async def sweep(coordinator: Coordinator, decisions: DecisionLog) -> None:
-    """The one task that drains the expiry heap between requests (and flushes the decision log)."""
-    while True:
-        await asyncio.sleep(SWEEP_INTERVAL)
-        try:
-            decisions.flush()
-            if coordinator.journal.writable() or await coordinator.journal.retry():
-                if coordinator.expire_due(coordinator.clock.now()):
-                    await coordinator.journal.commit()
-        except Exception:  # keep sweeping; the failure is logged and the next round retries
-            log.exception("expiry sweep failed")
-
-
-async def settle_token(auth: Auth, coordinator: Coordinator) -> None:
+async def settle_token(auth: Auth, service: Service) -> None:
     """FLASHGUARD_ADMIN_TOKEN, else the configuration's, else a new one, printed at start and kept
-    in the configuration (journaled), so a restart does not change it under the operators."""
+    in the configuration (journaled, or in Redis), so a restart does not change it under the operators."""
     auth.fixed = auth.fixed or os.environ.get("FLASHGUARD_ADMIN_TOKEN")
-    if not auth.token(coordinator.config):
+    if not auth.token(service.config):
         token = secrets.token_urlsafe(24)
-        settings = msgspec.to_builtins(coordinator.config.settings)
-        coordinator.change(("settings", {**settings, "admin_token": token}))
-        await coordinator.journal.commit()
+        settings = msgspec.to_builtins(service.config.settings)
+        await service.change(("settings", {**settings, "admin_token": token}))
         print(f"admin token (set FLASHGUARD_ADMIN_TOKEN to choose one): {token}", flush=True)
     elif not auth.fixed:
         log.info("admin token: settings.admin_token of the configuration (set there, or made and printed at an earlier start)")
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    coordinator = app[COORDINATOR]
-    store = app.get(STORE)
-    tasks = [asyncio.create_task(sweep(coordinator, app[DECISIONS]), name="flashguard-sweeper")]
-    if store is not None:
-        report = store.restore(coordinator, app[SEED], app[RELOAD])
-        log.info(
-            "restored: snapshot %s, %d journal records replayed%s%s",
-            report.snapshot.name if report.snapshot else "none",
-            report.replayed,
-            f", torn tail dropped ({report.torn})" if report.torn else "",
-            ", data directory seeded with the configuration" if report.seeded else "",
-        )
-        await coordinator.journal.commit()
-        app[DECISIONS].restore(coordinator, app[STATS])  # the figures, and the log lines a crash lost
-        if app[SNAPSHOT_EVERY] > 0:
-            tasks.append(asyncio.create_task(store.periodic(coordinator, app[SNAPSHOT_EVERY]), name="flashguard-snapshots"))
-    await settle_token(app[AUTH], coordinator)
+    service = app[SERVICE]
+    tasks = await service.start(app[STATS])
+    await settle_token(app[AUTH], service)
     gc.collect()
     gc.freeze()  # what restore built lives for the whole run: keep it out of every collection
     yield
@@ -156,12 +136,11 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     app[DECISIONS].flush()
-    if store is not None:
-        await store.close(coordinator)
+    await service.stop()
 
 
 def make_app(
-    coordinator: Coordinator,
+    state: Coordinator | ClusterCoordinator,
     *,
     admin_token: str | None = None,
     store: Store | None = None,
@@ -169,22 +148,28 @@ def make_app(
     reload_config: bool = False,
     snapshot_every: float = 60.0,
     max_inflight: int = DEFAULT_MAX_INFLIGHT,
+    log_dir: Path | None = None,
 ) -> web.Application:
-    app = web.Application(middlewares=[errors, shed_load, admin_auth, disk_guard], client_max_size=ADMIN_BODY_LIMIT)
-    clock: Clock = coordinator.clock
-    app[COORDINATOR] = coordinator
-    if store is not None:
-        app[STORE] = store
-    app[SEED] = seed or coordinator.config
-    app[RELOAD] = reload_config
-    app[SNAPSHOT_EVERY] = snapshot_every
-    app[CLOCK] = clock
-    if isinstance(clock, ManualClock):
-        app[MANUAL_CLOCK] = clock
+    """The app over a single node's coordinator (with its `store`, if it has a data directory) or
+    a cluster coordinator (whose decision log goes to `log_dir`)."""
+    middlewares = [errors, shed_load, admin_auth]
+    decisions = DecisionLog(store.directory / "decisions" if store is not None else log_dir)
+    service: Service
+    if isinstance(state, Coordinator):
+        service = NodeService(state, decisions, store, seed or state.config, reload_config, snapshot_every)
+        middlewares.append(disk_guard)
+    else:
+        service = ClusterService(state, decisions, seed or Config(), reload_config)
+    app = web.Application(middlewares=middlewares, client_max_size=ADMIN_BODY_LIMIT)
+    app[SERVICE] = service
+    if isinstance(state, Coordinator):
+        app[COORDINATOR] = state
+        if store is not None:
+            app[STORE] = store
     app[AUTH] = Auth(admin_token)
     app[LOAD] = Load(max_inflight)
     app[STATS] = Stats()
-    app[DECISIONS] = DecisionLog(store.directory / "decisions" if store is not None else None)
+    app[DECISIONS] = decisions
     app.add_routes(routes.routes)
     app.add_routes(admin.routes)
     app.add_routes(metrics.routes)

@@ -20,6 +20,9 @@ from pathlib import Path
 
 from aiohttp import web
 
+from cluster.config_store import ConfigStore
+from cluster.connection import LibraryMismatch, RedisDown, connect
+from cluster.coordinator import ClusterCoordinator
 from gateway.app import DEFAULT_MAX_INFLIGHT, make_app
 from domain.clock import Clock, ManualClock, SystemClock
 from domain.config import Config
@@ -93,6 +96,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--snapshot-every", type=_within(float, 0), default=60.0,
         help="seconds between snapshots, 0: only at stop (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--redis", metavar="URL",
+        help="cluster mode: keep the state in this Redis or Redis Cluster (any node), e.g. redis://10.0.0.5:7000;"
+        " --data then holds only the decision log (default: single node, state in memory)",
+    )
+    serve.add_argument(
+        "--redis-wait-replicas", type=_within(int, 0), default=0, metavar="N",
+        help="cluster mode: acknowledge a decision only once N replicas of each primary hold it, by WAIT (default: %(default)s)",
     )
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file", type=Path)
@@ -178,18 +190,29 @@ async def serve(args: argparse.Namespace, argv: list[str]) -> int:
     except OSError as e:
         log.error("%s", _cannot_listen(args.host, args.port, e))
         return 2
-    clock: Clock = ManualClock() if args.manual_clock else SystemClock()
-    coordinator = Coordinator(Config(), clock)
-    # Without --config the start-up configuration is the demo: on a restart there is nothing to apply.
-    reload_command = shlex.join(["flashguard", *argv, "--reload-config"]) if args.config else None
-    app = make_app(
-        coordinator,
-        store=Store(args.data, args.fsync, reload_command=reload_command),
-        seed=cfg,
-        reload_config=args.reload_config,
-        snapshot_every=args.snapshot_every,
-        max_inflight=args.max_inflight,
-    )
+    if args.redis:
+        try:
+            redis = await connect(args.redis, args.redis_wait_replicas)
+        except (RedisDown, LibraryMismatch) as e:
+            log.error("%s", e)
+            sock.close()
+            return 2
+        cluster = ClusterCoordinator(redis, ConfigStore(redis), SystemClock(), manual_clock=args.manual_clock)
+        app = make_app(
+            cluster, seed=cfg, reload_config=args.reload_config, max_inflight=args.max_inflight, log_dir=args.data / "decisions"
+        )
+    else:
+        clock: Clock = ManualClock() if args.manual_clock else SystemClock()
+        # Without --config the start-up configuration is the demo: on a restart there is nothing to apply.
+        reload_command = shlex.join(["flashguard", *argv, "--reload-config"]) if args.config else None
+        app = make_app(
+            Coordinator(Config(), clock),
+            store=Store(args.data, args.fsync, reload_command=reload_command),
+            seed=cfg,
+            reload_config=args.reload_config,
+            snapshot_every=args.snapshot_every,
+            max_inflight=args.max_inflight,
+        )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     try:
         await runner.setup()
@@ -197,6 +220,10 @@ async def serve(args: argparse.Namespace, argv: list[str]) -> int:
         log.error("%s", e)
         sock.close()
         return 3
+    except RedisDown as e:
+        log.error("%s", e)
+        sock.close()
+        return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # before "listening": from then on a SIGTERM stops cleanly

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from gateway.codec import respond
 from domain.errors import BadRequest, NotFound
-from gateway.keys import COORDINATOR, STATS
+from gateway.keys import SERVICE, STATS
 
 routes = web.RouteTableDef()
 
@@ -74,14 +74,15 @@ async def overview(request: web.Request) -> web.Response:
         raise BadRequest("invalid_query", "top must be a whole number") from None
     if not 1 <= top <= MAX_TOP:
         raise BadRequest("invalid_query", f"top must be between 1 and {MAX_TOP}")
-    coordinator = request.app[COORDINATOR]
+    service = request.app[SERVICE]
     stats = request.app[STATS]
-    cfg = coordinator.config
-    now = coordinator.clock.now()
+    cfg = service.config
+    now = await service.now()
+    ledger = await service.activity_ledger(sorted(cfg.activities))
 
     activities: list[dict[str, Any]] = []
     for aid, activity in sorted(cfg.activities.items()):
-        actor = coordinator.ledger.activities.get(aid)
+        actor = ledger.activities.get(aid)
         spent, held = (actor.spent, actor.held) if actor is not None else (0, 0)
         budget = activity.budget
         activities.append(

@@ -211,14 +211,17 @@ class DecisionLog:
             tmp.write_bytes(_encoder.encode(_Checkpoint(self._file.name, end, self._logged, self._stats.figures())))
             os.replace(tmp, self.directory / CHECKPOINT)
 
-    def restore(self, coordinator: Coordinator, stats: Stats) -> None:
+    def restore(self, stats: Stats, coordinator: Coordinator | None = None) -> None:
         """At start, once the state is restored: rebuild `stats`' figures from the checkpoint and
-        the lines after it, then write the lines of the journal records past the last position
-        the log holds (a crash lost them from the buffer)."""
-        journal = coordinator.journal
-        assert isinstance(journal, Journal) and self.directory is not None
+        the lines after it, then (single node) write the lines of the journal records past the
+        last position the log holds (a crash lost them from the buffer). In cluster mode there is
+        no journal: Redis holds every decision, and lines a crash lost stay lost."""
+        assert self.directory is not None
+        journal = coordinator.journal if coordinator is not None else None
+        assert journal is None or isinstance(journal, Journal)
         self.journal, self._stats = journal, stats
-        journal.before_rotate = self.flush
+        if journal is not None:
+            journal.before_rotate = self.flush
         start = time.perf_counter()
         checkpoint = self._checkpoint()
         written = lines = 0
@@ -235,11 +238,11 @@ class DecisionLog:
                 for line in self._since(checkpoint):
                     lines += 1
                     last = max(last, _count(stats, line) or 0)
-            if last < journal.lsn:
+            if journal is not None and coordinator is not None and last < journal.lsn:
                 written = self._recover(journal, coordinator, last)
                 for line in self._buffer:
                     _count(stats, line)
-        self._logged = journal.lsn
+        self._logged = journal.lsn if journal is not None else 0
         self.flush()
         log.info(
             "decision log: figures from its checkpoint and the %d lines after it, %d lines written again from the journal (%.2fs)",

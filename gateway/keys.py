@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from domain.clock import Clock, ManualClock
 from domain.config import Config
-from node.coordinator import Coordinator
 from gateway.decisions import DecisionLog
+from gateway.service import Service
 from gateway.stats import Stats
+from node.coordinator import Coordinator
 from snapshots.store import Store
 
 
@@ -35,13 +35,9 @@ class Load:
     shed: int = 0
 
 
-COORDINATOR = web.AppKey("coordinator", Coordinator)
-STORE = web.AppKey("store", Store)
-SEED = web.AppKey("seed", Config)
-RELOAD = web.AppKey("reload_config", bool)
-SNAPSHOT_EVERY = web.AppKey("snapshot_every", float)
-CLOCK = web.AppKey("clock", Clock)
-MANUAL_CLOCK = web.AppKey("manual_clock", ManualClock)
+SERVICE = web.AppKey("service", Service)  # the state, in either mode
+COORDINATOR = web.AppKey("coordinator", Coordinator)  # single node only
+STORE = web.AppKey("store", Store)  # single node with a data directory only
 AUTH = web.AppKey("auth", Auth)
 LOAD = web.AppKey("load", Load)
 STATS = web.AppKey("stats", Stats)

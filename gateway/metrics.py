@@ -1,8 +1,9 @@
 """`GET /metrics`: Prometheus text format, built at scrape time.
 
 The hot path only bumps plain ints (`stats.Stats`); a custom prometheus-client collector
-turns them, and the live state of the coordinator (holds, activity budgets), into metric families
-when Prometheus asks. No lock and no label lookup is paid per check.
+turns them, and the live state (holds, activity budgets: read from memory, or in cluster mode
+from Redis once per scrape), into metric families when Prometheus asks. No lock and no label
+lookup is paid per check.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from node.coordinator import Coordinator
-from gateway.keys import COORDINATOR, LOAD, STATS, STORE
+from actors.ledger import Ledger
+from cluster.coordinator import ClusterStats
+from domain.config import Config
+from gateway.keys import LOAD, SERVICE, STATS, STORE
+from gateway.service import ClusterService
 from gateway.stats import LATENCY_BUCKETS, Stats
 from snapshots.store import Store
 
@@ -23,12 +27,13 @@ routes = web.RouteTableDef()
 
 
 class GatewayCollector(Collector):
-    def __init__(self, app: web.Application) -> None:
-        self.app = app
+    """The figures of one scrape; what lives in the state was read (awaited) before."""
+
+    def __init__(self, app: web.Application, config: Config, ledger: Ledger, holds: int) -> None:
+        self.app, self.config, self.ledger, self.holds = app, config, ledger, holds
 
     def collect(self) -> Iterator[Metric]:
         stats: Stats = self.app[STATS]
-        coordinator: Coordinator = self.app[COORDINATOR]
         checks = CounterMetricFamily("flashguard_checks", "Order checks by decision", labels=["decision"])
         for decision, n in sorted(stats.decisions.items()):
             checks.add_metric([decision], n)
@@ -51,7 +56,7 @@ class GatewayCollector(Collector):
         yield GaugeMetricFamily(
             "flashguard_live_holds",
             "Orders currently held",
-            value=coordinator.held,
+            value=self.holds,
         )
         yield CounterMetricFamily(
             "flashguard_check_repeats",
@@ -61,10 +66,26 @@ class GatewayCollector(Collector):
         shed = CounterMetricFamily("flashguard_shed", "Requests answered 429 (overloaded)")
         shed.add_metric([], self.app[LOAD].shed)
         yield shed
-        yield from _budgets(coordinator)
+        yield from _budgets(self.config, self.ledger)
         store = self.app.get(STORE)
         if store is not None:
             yield from _durability(store)
+        service = self.app[SERVICE]
+        if isinstance(service, ClusterService):
+            yield from _cluster(service.coordinator.stats)
+
+
+def _cluster(stats: ClusterStats) -> Iterator[Metric]:
+    yield CounterMetricFamily(
+        "flashguard_cluster_contention",
+        "Reserve rounds refused by a guard another gateway's check had just used, then given back and decided again",
+        value=stats.contention,
+    )
+    yield CounterMetricFamily(
+        "flashguard_cluster_takeovers", "Checks, confirms and cancels of a dead gateway given back or finished here", value=stats.takeovers
+    )
+    yield CounterMetricFamily("flashguard_cluster_round_trips", "Batches of Function calls sent to Redis", value=stats.round_trips)
+    yield CounterMetricFamily("flashguard_cluster_holds_expired", "Holds this gateway's sweeper counted out at their expiry", value=stats.expired)
 
 
 def _durability(store: Store) -> Iterator[Metric]:
@@ -88,13 +109,13 @@ def _durability(store: Store) -> Iterator[Metric]:
     yield GaugeMetricFamily("flashguard_snapshot_fork_pause_seconds", "Event-loop pause to start the last snapshot's process", value=stats.last_fork_pause)
 
 
-def _budgets(coordinator: Coordinator) -> Iterator[Metric]:
+def _budgets(config: Config, ledger: Ledger) -> Iterator[Metric]:
     spent = GaugeMetricFamily("flashguard_activity_spent", "Budget spent by confirmed orders", labels=["activity_id"])
     held = GaugeMetricFamily("flashguard_activity_held", "Budget held by unconfirmed orders", labels=["activity_id"])
     remaining = GaugeMetricFamily("flashguard_activity_remaining", "Budget left", labels=["activity_id"])
     fused = GaugeMetricFamily("flashguard_activity_fused", "1 when the budget is used up", labels=["activity_id"])
-    for aid, activity in sorted(coordinator.config.activities.items()):
-        actor = coordinator.ledger.activities.get(aid)
+    for aid, activity in sorted(config.activities.items()):
+        actor = ledger.activities.get(aid)
         s, h = (actor.spent, actor.held) if actor is not None else (0, 0)
         spent.add_metric([aid], s)
         held.add_metric([aid], h)
@@ -106,6 +127,9 @@ def _budgets(coordinator: Coordinator) -> Iterator[Metric]:
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    config = service.config
+    ledger = await service.activity_ledger(sorted(config.activities))
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(GatewayCollector(request.app))
+    registry.register(GatewayCollector(request.app, config, ledger, await service.live_holds()))
     return web.Response(body=generate_latest(registry), content_type="text/plain", charset="utf-8")

@@ -39,7 +39,7 @@ class Error(msgspec.Struct):
 class Health(msgspec.Struct):
     status: Literal["ok"]
     now: int
-    orders: int
+    holds: int  # orders held now (in cluster mode read from Redis: a 503 says Redis is unreachable)
 
 
 class Deleted(msgspec.Struct):

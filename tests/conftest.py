@@ -12,12 +12,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.app import make_app
+from actors.subject import SubjectActor
+from cluster.config_store import ConfigStore
+from cluster.connection import Redis, connect
+from cluster.coordinator import ClusterCoordinator
 from domain.clock import ManualClock
-from node.coordinator import Coordinator
 from domain.document import build_config
+from domain.types import key
+from gateway.app import make_app
+from gateway.keys import COORDINATOR, SERVICE
+from gateway.service import ClusterService
+from node.coordinator import Coordinator
 
 # Real redis-server fixtures: redis_single, redis_url, redis_cluster_1(_url), redis_cluster_6.
 pytest_plugins = ["tests.redis_servers"]
@@ -82,10 +90,10 @@ def discount(
 class Gateway:
     """One running gateway and the calls a test makes on it."""
 
-    def __init__(self, client: TestClient[Any, Any], coordinator: Coordinator, clock: ManualClock) -> None:
+    def __init__(self, client: TestClient[Any, Any], app: web.Application, clock: ManualClock) -> None:
         self.client = client
-        self.coordinator = coordinator
-        self.clock = clock
+        self.app = app
+        self.clock = clock  # the gateway's own clock; in cluster mode it follows the one in Redis
         self.auth = {"Authorization": f"Bearer {TOKEN}"}
 
     async def call(self, method: str, path: str, body: Any = None, status: int = 200, **kw: Any) -> Any:
@@ -112,8 +120,32 @@ class Gateway:
     async def admin(self, method: str, path: str, body: Any = None, status: int = 200) -> Any:
         return await self.call(method, "/v1/admin/" + path.lstrip("/"), body, status, headers=self.auth)
 
+    @property
+    def coordinator(self) -> Coordinator:
+        """The single node's coordinator, for the tests that look into its memory."""
+        return self.app[COORDINATOR]
+
+    async def subject(self, kind: str, value: str) -> SubjectActor | None:
+        """A subject's actor as the state holds it now (in cluster mode: read from Redis)."""
+        service, subject = self.app[SERVICE], key(kind, value)
+        if isinstance(service, ClusterService):
+            return (await service.coordinator.subject_ledger(subject)).find(subject)
+        return self.coordinator.ledger.find(subject)
+
+    async def orders(self) -> int:
+        """How many orders the state records."""
+        service = self.app[SERVICE]
+        if isinstance(service, ClusterService):
+            client = service.coordinator.redis.client
+            names = [k async for k in client.scan_iter(match="fg:{o:*}:*", count=1000)]
+            return sum(1 for k in names if not k.endswith((b":inflight", b":holds")))
+        return len(self.coordinator.orders)
+
     async def advance(self, seconds: int) -> Any:
-        return await self.admin("POST", "clock", {"advance": seconds})
+        moved = await self.admin("POST", "clock", {"advance": seconds})
+        if moved["now"] != self.clock.now():
+            self.clock.set(moved["now"])
+        return moved
 
     async def user(self, user_id: str) -> Any:
         return await self.admin("GET", f"users/{user_id}")
@@ -136,22 +168,50 @@ def base_config(**sections: Any) -> dict[str, Any]:
     return doc
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test module marked `both_modes` runs every test against the single node and against
+    cluster mode (a gateway over a one-node Redis Cluster, which refuses any key that escaped
+    its slot), but for its tests marked `node_only` (they look into the single node's memory);
+    the others run on the single node."""
+    marked = metafunc.definition.get_closest_marker("both_modes") and not metafunc.definition.get_closest_marker("node_only")
+    if "mode" in metafunc.fixturenames and marked:
+        metafunc.parametrize("mode", ["node", "cluster"])
+
+
 @pytest.fixture
-async def gw_factory() -> AsyncIterator[MakeGateway]:
+def mode() -> str:
+    return "node"
+
+
+@pytest.fixture
+async def gw_factory(mode: str, request: pytest.FixtureRequest) -> AsyncIterator[MakeGateway]:
+    """Gateways on a manual clock starting at `start`. In cluster mode they share one flushed
+    Redis, so a second gateway of a test serves the same state, and its configuration is
+    applied over the stored one (as `--reload-config` does)."""
     clients: list[TestClient[Any, Any]] = []
+    connections: list[Redis] = []
 
     async def make(config: dict[str, Any] | None = None, *, start: int = T0, max_inflight: int = 1024) -> Gateway:
         clock = ManualClock(start)
-        coordinator = Coordinator(build_config(config if config is not None else base_config()), clock)
-        app = make_app(coordinator, admin_token=TOKEN, max_inflight=max_inflight)
+        cfg = build_config(config if config is not None else base_config())
+        app: web.Application
+        if mode == "cluster":
+            redis = await connect(request.getfixturevalue("redis_cluster_1_url"))
+            connections.append(redis)
+            cluster = ClusterCoordinator(redis, ConfigStore(redis), clock, manual_clock=True)
+            app = make_app(cluster, admin_token=TOKEN, seed=cfg, reload_config=bool(clients), max_inflight=max_inflight)
+        else:
+            app = make_app(Coordinator(cfg, clock), admin_token=TOKEN, max_inflight=max_inflight)
         client: TestClient[Any, Any] = TestClient(TestServer(app))
         await client.start_server()
         clients.append(client)
-        return Gateway(client, coordinator, clock)
+        return Gateway(client, app, clock)
 
     yield make
     for client in clients:
         await client.close()
+    for redis in connections:
+        await redis.close()
 
 
 @pytest.fixture

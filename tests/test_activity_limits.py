@@ -7,9 +7,13 @@ held plus confirmed, may not pass the limit.
 
 from __future__ import annotations
 
+import pytest
+
 from typing import Any
 
 from tests.conftest import Gateway, MakeGateway, base_config, discount, item, order
+
+pytestmark = pytest.mark.both_modes  # every test against the single node and cluster mode
 
 VAGUE = "Too many orders right now, please try again later"
 DEGRADE = "This promotion has ended. Continue without the discount?"
@@ -282,7 +286,7 @@ async def test_limit_is_stated_only_with_disclose_limits(gw_factory: MakeGateway
     res = await denied(gw, order(under("S1", 1)), user_limit_reason(limit=2, used=2, requested=1))
     assert res["message"] == "This item is limited to 2 per customer"
     gw2 = await gw_factory(limits_config(sku_limits={"S1": 1}, disclose=True))
-    res = await denied(gw2, order(under("S1", 2)), sku_limit_reason("S1", limit=1, used=0, requested=2))
+    res = await denied(gw2, order(under("S1", 2), user="u2"), sku_limit_reason("S1", limit=1, used=0, requested=2))
     assert res["message"] == "This item is limited to 1 per customer"
 
 

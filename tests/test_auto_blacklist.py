@@ -16,9 +16,13 @@ before the pardon gives the user no credit.
 
 from __future__ import annotations
 
+import pytest
+
 from typing import Any
 
 from tests.conftest import Gateway, MakeGateway, base_config, discount, item, order
+
+pytestmark = pytest.mark.both_modes  # every test against the single node and cluster mode
 
 VAGUE = "Too many orders right now, please try again later"
 HOLD_TTL = 15 * 60

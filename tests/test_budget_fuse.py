@@ -7,10 +7,14 @@ while `starts_at <= now < ends_at`.
 
 from __future__ import annotations
 
+import pytest
+
 import asyncio
 from typing import Any
 
 from tests.conftest import T0, Gateway, MakeGateway, base_config, discount, item, order
+
+pytestmark = pytest.mark.both_modes  # every test against the single node and cluster mode
 
 VAGUE = "Too many orders right now, please try again later"
 DEGRADE = "This promotion has ended. Continue without the discount?"

@@ -16,6 +16,8 @@ import pytest
 
 from tests.conftest import T0, Gateway, MakeGateway, base_config, discount, item, order
 
+pytestmark = pytest.mark.both_modes  # every test against the single node and cluster mode
+
 VAGUE = "Too many orders right now, please try again later"
 DEGRADE = "This promotion has ended. Continue without the discount?"
 DEGRADE_ZH = "当前活动已结束，是否去除优惠继续下单"

@@ -6,12 +6,16 @@ see what an operator sees.
 
 from __future__ import annotations
 
+import pytest
+
 import json
 from typing import Any
 
 import msgpack
 
 from tests.conftest import Gateway, MakeGateway, base_config, discount, item, order
+
+pytestmark = pytest.mark.both_modes  # every test against the single node and cluster mode
 
 TTL = 900  # base_config's hold_ttl = "15m"
 
@@ -254,7 +258,7 @@ async def test_unknown_order_is_404_for_confirm_cancel_and_get(gw: Gateway) -> N
     assert_error(await gw.confirm("no-such-order", status=404))
     assert_error(await gw.cancel("no-such-order", status=404))
     assert_error(await gw.get("no-such-order", status=404))
-    assert len(gw.coordinator.orders) == 0
+    assert await gw.orders() == 0
 
 
 # -- idempotency ---------------------------------------------------------------------------
@@ -266,7 +270,7 @@ async def test_same_order_id_and_body_returns_the_first_answer_and_counts_once(g
     await gw.advance(10)
     second = await gw.check(body)
     assert second == first
-    assert len(gw.coordinator.orders) == 1
+    assert await gw.orders() == 1
     assert (await gw.activity("A1"))["held"] == 150
     assert sku_count(await gw.user("u1")) == 2
 
@@ -287,7 +291,7 @@ async def test_repeat_with_reordered_keys_is_the_same_order(gw: Gateway) -> None
     resp = await gw.client.post("/v1/orders/check", data=text, headers={"Content-Type": "application/json"})
     assert resp.status == 200
     assert await resp.json() == first
-    assert len(gw.coordinator.orders) == 1
+    assert await gw.orders() == 1
     assert (await gw.activity("A1"))["held"] == 100
     assert sku_count(await gw.user("u1")) == 1
 
@@ -303,7 +307,7 @@ async def test_repeat_as_msgpack_is_the_same_order(gw: Gateway) -> None:
     assert resp.status == 200
     assert resp.content_type == "application/msgpack"
     assert msgpack.unpackb(await resp.read()) == first
-    assert len(gw.coordinator.orders) == 1
+    assert await gw.orders() == 1
     assert (await gw.activity("A1"))["held"] == 100
     assert sku_count(await gw.user("u1")) == 1
 
@@ -335,7 +339,7 @@ async def test_same_order_id_with_a_different_body_is_409_and_changes_nothing(gw
         assert_error(await gw.check(changed, status=409))
     assert (await gw.activity("A1"), await gw.user("u1")) == before
     assert (await gw.user("u2"))["counters"]["sku"] == {}
-    assert len(gw.coordinator.orders) == 1
+    assert await gw.orders() == 1
     assert (await gw.get(body["order_id"]))["state"] == "held"
     assert (await gw.check(body))["decision"] == "allow"
 

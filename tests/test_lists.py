@@ -18,6 +18,8 @@ import pytest
 
 from tests.conftest import ADDRESS, Gateway, MakeGateway, base_config, discount, item, order
 
+pytestmark = pytest.mark.both_modes  # every test against the single node and cluster mode
+
 VAGUE = "Too many orders right now, please try again later"
 DEGRADE = "This promotion has ended. Continue without the discount?"
 HOLD_TTL = 15 * 60

@@ -15,6 +15,8 @@ import pytest
 
 from tests.conftest import T0, Gateway, MakeGateway, base_config, discount, item, order
 
+pytestmark = pytest.mark.both_modes  # every test against the single node and cluster mode
+
 EN = {
     "busy": "Too many orders right now, please try again later",
     "limit": "This item is limited to {limit} per customer",

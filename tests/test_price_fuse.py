@@ -14,6 +14,8 @@ import pytest
 
 from tests.conftest import Gateway, MakeGateway, base_config, discount, item, order
 
+pytestmark = pytest.mark.both_modes  # every test against the single node and cluster mode
+
 VAGUE = "Too many orders right now, please try again later"
 DEGRADE = "This promotion has ended. Continue without the discount?"
 

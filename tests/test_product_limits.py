@@ -14,6 +14,8 @@ import pytest
 
 from tests.conftest import ADDRESS, Gateway, MakeGateway, base_config, discount, item, order
 
+pytestmark = pytest.mark.both_modes  # every test against the single node and cluster mode
+
 VAGUE = "Too many orders right now, please try again later"
 HOLD_TTL = 15 * 60
 KEYS = ("code", "sku_id", "spu_id", "subject", "limit", "used", "requested")

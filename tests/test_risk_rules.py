@@ -25,6 +25,8 @@ from actors.window import SMALL, Window
 from domain.types import SEP, key
 from tests.conftest import ADDRESS, T0, Gateway, MakeGateway, base_config, item, order
 
+pytestmark = pytest.mark.both_modes  # every test against the single node and cluster mode
+
 VAGUE = "Too many orders right now, please try again later"
 HOLD_TTL = 15 * 60
 HOUR = 3600
@@ -128,9 +130,9 @@ async def user_windows(gw: Gateway, user: str = "u1") -> list[dict[str, Any]]:
     return windows
 
 
-def windowed(gw: Gateway, kind: str, value: str, seconds: int, scope: tuple[str, str] = ("", "")) -> int:
+async def windowed(gw: Gateway, kind: str, value: str, seconds: int, scope: tuple[str, str] = ("", "")) -> int:
     """A subject's windowed quantity, read from its actor (0 when the actor or window is gone)."""
-    actor = gw.coordinator.ledger.subjects.get(key(kind, value))
+    actor = await gw.subject(kind, value)
     if actor is None:
         return 0
     return actor.window_count(key(*scope, str(seconds)), gw.clock.now())
@@ -294,16 +296,16 @@ async def test_rule_counts_per_subject(
 
     # Different users (except for the user rule), so only the rule's subject links the orders.
     await placed(gw, body(2, first, "a1"))
-    assert windowed(gw, subject, value, HOUR) == 2
+    assert await windowed(gw, subject, value, HOUR) == 2
     res = await refused(gw, body(1, same, "a2"), risk("R1", subject, limit=2, used=2, requested=1))
     assert res["reasons"][0]["subject"] == subject
     await placed(gw, body(2, other, "a3"))
     await refused(gw, body(1, other, "a4"), risk("R1", subject, limit=2, used=2, requested=1))
-    assert windowed(gw, subject, value, HOUR) == 2
+    assert await windowed(gw, subject, value, HOUR) == 2
     await gw.advance(HOUR)
-    assert windowed(gw, subject, value, HOUR) == 0
+    assert await windowed(gw, subject, value, HOUR) == 0
     await placed(gw, body(2, same, "a5"))
-    assert windowed(gw, subject, value, HOUR) == 2
+    assert await windowed(gw, subject, value, HOUR) == 2
 
 
 async def test_orders_without_the_rule_subject_are_not_counted_by_it(gw_factory: MakeGateway) -> None:
@@ -313,7 +315,7 @@ async def test_orders_without_the_rule_subject_are_not_counted_by_it(gw_factory:
     await allowed(gw, order(item("S1", 5), ip="10.0.0.1"))
     await allowed(gw, order(item("S1", 1), device="d1"))
     await refused(gw, order(item("S1", 1), device="d1", user="u2"), risk("R1", "device", 1, 1, 1))
-    assert windowed(gw, "device", "d1", HOUR) == 1
+    assert await windowed(gw, "device", "d1", HOUR) == 1
 
 
 async def test_one_order_fails_the_rules_of_several_subjects(gw_factory: MakeGateway) -> None:
@@ -337,8 +339,8 @@ async def test_one_order_fails_the_rules_of_several_subjects(gw_factory: MakeGat
         risk("R-ip", "ip", limit=2, used=2, requested=2),
         risk("R-town", "address:town", limit=3, used=2, requested=2),
     )
-    assert windowed(gw, "device", "d1", HOUR) == 2
-    assert windowed(gw, "address:town", TOWN, HOUR) == 2
+    assert await windowed(gw, "device", "d1", HOUR) == 2
+    assert await windowed(gw, "address:town", TOWN, HOUR) == 2
 
 
 # -- scopes ---------------------------------------------------------------------------------
@@ -377,7 +379,7 @@ async def test_scope_counts_only_the_matching_items(
     if scope:
         await allowed(gw, order(*(item(s, 3) for s in outside)))
     assert await user_windows(gw) == [{"scope": shown, "window": HOUR, "quantity": matching}]
-    assert windowed(gw, "user", "u1", HOUR, scope_key) == matching
+    assert await windowed(gw, "user", "u1", HOUR, scope_key) == matching
 
 
 async def test_an_order_with_no_item_in_scope_is_neither_checked_nor_counted(gw_factory: MakeGateway) -> None:
@@ -420,7 +422,7 @@ async def test_limit_is_floor_of_max_quantity_times_multiplier(
     if limit:
         await allowed(gw, order(item("S1", limit)))
     await refused(gw, order(item("S1", 1)), risk("R1", "user", limit=limit, used=limit, requested=1))
-    assert windowed(gw, "user", "u1", HOUR) == limit
+    assert await windowed(gw, "user", "u1", HOUR) == limit
 
 
 async def test_multiplier_changed_live_applies_at_the_next_check(gw_factory: MakeGateway) -> None:
@@ -532,9 +534,9 @@ async def test_cancelled_confirmed_order_leaves_the_window(gw_factory: MakeGatew
     await gw.advance(HOLD_TTL * 2)
     await refused(gw, order(item("S1", 1), user="u2", device="d1"), risk("R1", "device", 2, 2, 1))
     await gw.cancel(first["order_id"])
-    assert windowed(gw, "device", "d1", HOUR) == 0
+    assert await windowed(gw, "device", "d1", HOUR) == 0
     await allowed(gw, order(item("S1", 2), user="u2", device="d1"))
-    assert windowed(gw, "device", "d1", HOUR) == 2
+    assert await windowed(gw, "device", "d1", HOUR) == 2
 
 
 async def test_cancel_after_the_order_left_the_window_takes_nothing_from_newer_orders(
@@ -654,7 +656,7 @@ async def test_village_buying_through_many_accounts_is_stopped_by_an_address_tow
         )
         await gw.advance(600)
     town = "henan/zhoukou/shangshui/huangzhai"
-    assert windowed(gw, "address:town", town, DAY, ("category", "phone")) == 5
+    assert await windowed(gw, "address:town", town, DAY, ("category", "phone")) == 5
     # The sixth account, with its own phone, name and house: refused on the town.
     sixth = order(
         item("S3", 1),
@@ -672,11 +674,11 @@ async def test_village_buying_through_many_accounts_is_stopped_by_an_address_tow
     await placed(
         gw, order(item("S1", 1), user="w1", name="Villager 0", address={**VILLAGE, "town": "Laocheng", "detail": "0 Well Lane"})
     )
-    assert windowed(gw, "address:town", town, DAY, ("category", "phone")) == 5
-    assert windowed(gw, "address:town", "henan/zhoukou/shangshui/laocheng", DAY, ("category", "phone")) == 1
+    assert await windowed(gw, "address:town", town, DAY, ("category", "phone")) == 5
+    assert await windowed(gw, "address:town", "henan/zhoukou/shangshui/laocheng", DAY, ("category", "phone")) == 1
     # A day after the first village order, one unit is free again.
     await gw.advance(DAY - 5 * 600)
-    assert windowed(gw, "address:town", town, DAY, ("category", "phone")) == 4
+    assert await windowed(gw, "address:town", town, DAY, ("category", "phone")) == 4
     await placed(gw, order(item("S1", 1), user="v7", address={**VILLAGE, "detail": "7 Well Lane"}))
     await refused(
         gw,
@@ -688,6 +690,7 @@ async def test_village_buying_through_many_accounts_is_stopped_by_an_address_tow
 # -- memory: old events are dropped --------------------------------------------------------------
 
 
+@pytest.mark.node_only  # looks into the single node's memory
 async def test_sweep_drops_a_window_past_its_length(gw_factory: MakeGateway) -> None:
     gw = await gw_factory(rules_config(rule(max_quantity=5), rule("R2", subject="address:town", max_quantity=5)))
     await placed(gw, order(item("S1", 2), address=ADDRESS))
@@ -706,6 +709,7 @@ async def test_sweep_drops_a_window_past_its_length(gw_factory: MakeGateway) -> 
     assert (await gw.user("u1"))["counters"]["sku"] == {"S1": 2}
 
 
+@pytest.mark.node_only  # looks into the single node's memory
 async def test_sweep_drops_only_the_events_that_left(gw_factory: MakeGateway) -> None:
     gw = await gw_factory(rules_config(rule(subject="ip", max_quantity=10)))
     await placed(gw, order(item("S1", 1), ip="10.0.0.1"))
@@ -722,6 +726,7 @@ async def test_sweep_drops_only_the_events_that_left(gw_factory: MakeGateway) ->
     assert key("ip", "10.0.0.1") not in gw.coordinator.ledger.subjects
 
 
+@pytest.mark.node_only  # looks into the single node's memory
 async def test_many_subjects_are_all_dropped_after_the_window(gw_factory: MakeGateway) -> None:
     gw = await gw_factory(rules_config(rule(subject="ip", max_quantity=1), rule("R2", subject="device", max_quantity=1)))
     for n in range(50):
@@ -735,6 +740,7 @@ async def test_many_subjects_are_all_dropped_after_the_window(gw_factory: MakeGa
     assert all(not subjects[key("device", f"d{n}")].windows for n in range(50))
 
 
+@pytest.mark.node_only  # looks into the single node's memory
 async def test_busy_window_is_exact_at_the_edge_and_emptied_after(gw_factory: MakeGateway) -> None:
     # Forty orders in forty different seconds: more than a small window keeps inline.
     gw = await gw_factory(rules_config(rule(subject="device", max_quantity=40)))
@@ -747,14 +753,15 @@ async def test_busy_window_is_exact_at_the_edge_and_emptied_after(gw_factory: Ma
     await gw.advance(1)  # T0 + 3600: the first order left
     await refused(gw, order(item("S1", 2), user="x", device="d1"), risk("R1", "device", limit=40, used=39, requested=2))
     await placed(gw, order(item("S1", 1), user="x", device="d1"))
-    assert windowed(gw, "device", "d1", HOUR) == 40
+    assert await windowed(gw, "device", "d1", HOUR) == 40
     await gw.advance(38)  # T0 + 3638: only the order of T0 + 39 and the new one remain
-    assert windowed(gw, "device", "d1", HOUR) == 2
+    assert await windowed(gw, "device", "d1", HOUR) == 2
     await gw.advance(HOUR)
     gw.coordinator.expire_due(gw.clock.now())
     assert gw.coordinator.ledger.subjects[key("device", "d1")].windows == {}
 
 
+@pytest.mark.node_only  # looks into the single node's memory
 async def test_subjects_whose_orders_all_ended_leave_nothing_behind(gw_factory: MakeGateway) -> None:
     # Operator's view (the SPEC is silent on memory): once every order of a subject has ended
     # (cancelled or expired) and its windows have passed, the subject holds no state at all, so a

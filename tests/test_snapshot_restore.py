@@ -485,7 +485,7 @@ async def start(
     )
     client: TestClient[Any, Any] = TestClient(TestServer(app))
     await client.start_server()
-    return Gateway(client, coordinator, clock)
+    return Gateway(client, app, clock)
 
 
 async def serve_scenario(gw: Gateway) -> None:

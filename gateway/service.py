@@ -1,0 +1,240 @@
+"""What the HTTP layer asks of the state, answered by either mode.
+
+`Service` is the one interface `routes`, `admin`, `metrics` and `console` call. `NodeService`
+runs the single node's synchronous coordinator step and then awaits the journal's commit, so
+nothing is acknowledged before it is durable. `ClusterService` awaits the cluster coordinator,
+whose answers are in Redis when they return. Each also owns its mode's start and stop: restoring
+from the data directory and writing snapshots, or seeding the configuration store and sweeping.
+
+A call returns the journal position of what it appended (`lsn`, None in cluster mode, where Redis
+keeps the record) for the decision log's line about it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from actors.ledger import Ledger
+from cluster.coordinator import ClusterCoordinator
+from domain.clock import ManualClock
+from domain.config import Config
+from domain.schema import CheckRequest, CheckResponse, ClaimRequest, OrderView
+from domain.types import Record
+from gateway.decisions import DecisionLog
+from gateway.stats import Stats
+from node.coordinator import Coordinator
+from snapshots.store import Store
+
+log = logging.getLogger("flashguard")
+
+SWEEP_INTERVAL = 1.0
+
+
+class Service(Protocol):
+    manual_clock: bool  # started with --manual-clock: `move_clock` may be called
+
+    @property
+    def config(self) -> Config: ...
+
+    async def now(self) -> int: ...
+
+    async def check(self, req: CheckRequest, digest: bytes) -> tuple[CheckResponse, bool, int | None]: ...
+
+    async def claim(self, req: ClaimRequest) -> tuple[CheckResponse, int | None]: ...
+
+    async def confirm(self, order_id: str) -> tuple[OrderView, int | None]: ...
+
+    async def cancel(self, order_id: str) -> tuple[OrderView, int | None]: ...
+
+    async def view(self, order_id: str) -> OrderView: ...
+
+    async def change(self, record: Record) -> None: ...
+
+    async def move_clock(self, advance: int, to: int | None) -> tuple[int, int]:
+        """The new time and the holds that ran out by it."""
+        ...
+
+    async def user_ledger(self, user_id: str) -> Ledger:
+        """A ledger in which the user's actor (if it has one) is as the state holds it now."""
+        ...
+
+    async def activity_ledger(self, activity_ids: list[str]) -> Ledger: ...
+
+    async def live_holds(self) -> int: ...
+
+    async def start(self, stats: Stats) -> list[asyncio.Task[None]]:
+        """Restore or connect, then start the background tasks (returned, for `stop` to cancel)."""
+        ...
+
+    async def stop(self) -> None: ...
+
+
+async def _every(seconds: float, what: str, step: Callable[[], Awaitable[object]]) -> None:
+    """Run `step` every `seconds` until cancelled; a failed round is logged and the next retries."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await step()
+        except Exception:
+            log.exception("%s failed", what)
+
+
+class NodeService:
+    def __init__(
+        self, coordinator: Coordinator, decisions: DecisionLog, store: Store | None, seed: Config, reload_config: bool, snapshot_every: float
+    ) -> None:
+        self.coordinator = coordinator
+        self.decisions = decisions
+        self.store = store
+        self.seed, self.reload_config, self.snapshot_every = seed, reload_config, snapshot_every
+        self.manual_clock = isinstance(coordinator.clock, ManualClock)
+
+    @property
+    def config(self) -> Config:
+        return self.coordinator.config
+
+    async def now(self) -> int:
+        return self.coordinator.clock.now()
+
+    async def check(self, req: CheckRequest, digest: bytes) -> tuple[CheckResponse, bool, int | None]:
+        (response, repeated), lsn = self.decisions.journaled(self.coordinator.check, req, digest)
+        await self.coordinator.journal.commit()  # a repeat too: its first answer may still be on its way to disk
+        return response, repeated, lsn
+
+    async def claim(self, req: ClaimRequest) -> tuple[CheckResponse, int | None]:
+        response, lsn = self.decisions.journaled(self.coordinator.claim, req)
+        await self.coordinator.journal.commit()
+        return response, lsn
+
+    async def confirm(self, order_id: str) -> tuple[OrderView, int | None]:
+        view, lsn = self.decisions.journaled(self.coordinator.confirm, order_id)
+        await self.coordinator.journal.commit()
+        return view, lsn
+
+    async def cancel(self, order_id: str) -> tuple[OrderView, int | None]:
+        view, lsn = self.decisions.journaled(self.coordinator.cancel, order_id)
+        await self.coordinator.journal.commit()
+        return view, lsn
+
+    async def view(self, order_id: str) -> OrderView:
+        return self.coordinator.view(self.coordinator.order(order_id))
+
+    async def change(self, record: Record) -> None:
+        self.coordinator.change(record)
+        await self.coordinator.journal.commit()
+
+    async def move_clock(self, advance: int, to: int | None) -> tuple[int, int]:
+        clock = self.coordinator.clock
+        assert isinstance(clock, ManualClock)
+        clock.set(to) if to is not None else clock.advance(advance)
+        self.coordinator.journal.append(("clock", clock.now()))  # a restart continues from here
+        expired = self.coordinator.expire_due(clock.now())
+        await self.coordinator.journal.commit()
+        return clock.now(), expired
+
+    async def user_ledger(self, user_id: str) -> Ledger:
+        return self.coordinator.ledger
+
+    async def activity_ledger(self, activity_ids: list[str]) -> Ledger:
+        return self.coordinator.ledger
+
+    async def live_holds(self) -> int:
+        return self.coordinator.held
+
+    async def _sweep(self) -> None:
+        """Drain the expiry heap between requests (and flush the decision log)."""
+        self.decisions.flush()
+        journal = self.coordinator.journal
+        if journal.writable() or await journal.retry():
+            if self.coordinator.expire_due(self.coordinator.clock.now()):
+                await journal.commit()
+
+    async def start(self, stats: Stats) -> list[asyncio.Task[None]]:
+        coordinator, store = self.coordinator, self.store
+        tasks = [asyncio.create_task(_every(SWEEP_INTERVAL, "expiry sweep", self._sweep), name="flashguard-sweeper")]
+        if store is not None:
+            report = store.restore(coordinator, self.seed, self.reload_config)
+            log.info(
+                "restored: snapshot %s, %d journal records replayed%s%s",
+                report.snapshot.name if report.snapshot else "none",
+                report.replayed,
+                f", torn tail dropped ({report.torn})" if report.torn else "",
+                ", data directory seeded with the configuration" if report.seeded else "",
+            )
+            await coordinator.journal.commit()
+            self.decisions.restore(stats, coordinator)  # the figures, and the log lines a crash lost
+            if self.snapshot_every > 0:
+                tasks.append(asyncio.create_task(store.periodic(coordinator, self.snapshot_every), name="flashguard-snapshots"))
+        return tasks
+
+    async def stop(self) -> None:
+        if self.store is not None:
+            await self.store.close(self.coordinator)
+
+
+class ClusterService:
+    def __init__(self, coordinator: ClusterCoordinator, decisions: DecisionLog, seed: Config, reload_config: bool) -> None:
+        self.coordinator = coordinator
+        self.decisions = decisions
+        self.seed, self.reload_config = seed, reload_config
+        self.manual_clock = coordinator.manual_clock
+
+    @property
+    def config(self) -> Config:
+        return self.coordinator.config
+
+    async def now(self) -> int:
+        return await self.coordinator.now()
+
+    async def check(self, req: CheckRequest, digest: bytes) -> tuple[CheckResponse, bool, int | None]:
+        response, repeated = await self.coordinator.check(req, digest)
+        return response, repeated, None
+
+    async def claim(self, req: ClaimRequest) -> tuple[CheckResponse, int | None]:
+        return await self.coordinator.claim(req), None
+
+    async def confirm(self, order_id: str) -> tuple[OrderView, int | None]:
+        return await self.coordinator.confirm(order_id), None
+
+    async def cancel(self, order_id: str) -> tuple[OrderView, int | None]:
+        return await self.coordinator.cancel(order_id), None
+
+    async def view(self, order_id: str) -> OrderView:
+        return await self.coordinator.view(order_id)
+
+    async def change(self, record: Record) -> None:
+        await self.coordinator.change(record)
+
+    async def move_clock(self, advance: int, to: int | None) -> tuple[int, int]:
+        return await self.coordinator.move_clock(advance, to)
+
+    async def user_ledger(self, user_id: str) -> Ledger:
+        return await self.coordinator.user_ledger(user_id)
+
+    async def activity_ledger(self, activity_ids: list[str]) -> Ledger:
+        return await self.coordinator.activity_ledger(activity_ids)
+
+    async def live_holds(self) -> int:
+        return await self.coordinator.live_holds()
+
+    async def _sweep(self) -> None:
+        """Finish what dead gateways left, count out holds, and flush the decision log."""
+        self.decisions.flush()
+        await self.coordinator.sweep()
+
+    async def start(self, stats: Stats) -> list[asyncio.Task[None]]:
+        log.info("%s", await self.coordinator.configs.start(self.seed, self.reload_config))
+        if self.decisions.directory is not None:
+            self.decisions.restore(stats)
+        return [
+            asyncio.create_task(_every(SWEEP_INTERVAL, "sweep", self._sweep), name="flashguard-sweeper"),
+            asyncio.create_task(self.coordinator.configs.poll(), name="flashguard-config"),
+        ]
+
+    async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.coordinator.redis.close()
