@@ -20,10 +20,16 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
+from redis.maint_notifications import MaintNotificationsConfig
 
 LIBRARY = (Path(__file__).parent / "flashguard.lua").read_text()
 LIBRARY_NAME = "flashguard"
 TIMEOUT = 2.0  # seconds for one call: past it, Redis counts as unreachable for this request
+# Batches in flight at once; the others wait their turn. Each holds one connection per node it
+# calls, so the pools (CONNECTIONS per node) never run dry: redis-py's cluster client answers a dry
+# pool with an error that makes it drop every connection, failing the calls in flight with them.
+BATCHES = 64
+CONNECTIONS = BATCHES + 16  # the configuration poll, the sweeper, admin reads
 WAIT_MS = 1000  # how long a write waits for its replicas with --redis-wait-replicas
 
 Call = tuple[str, Sequence[str], Sequence[Any]]
@@ -55,6 +61,7 @@ class Redis:
         self.client = client
         self.clustered = clustered
         self.wait_replicas = wait_replicas
+        self._slots = asyncio.Semaphore(BATCHES)
 
     async def call(self, fn: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return (await self.batch([(fn, keys, args)]))[0]
@@ -68,7 +75,7 @@ class Redis:
             for fn, keys, args in calls:
                 pipe.execute_command("FCALL", fn, len(keys), *keys, *args)
             waits = self._wait(pipe, calls)
-            async with asyncio.timeout(TIMEOUT):
+            async with self._slots, asyncio.timeout(TIMEOUT):
                 answers = list(await pipe.execute())
         except (RedisError, OSError, TimeoutError) as e:
             raise RedisDown(f"{type(e).__name__}: {e}") from None
@@ -121,7 +128,15 @@ async def connect(url: str, wait_replicas: int = 0) -> Redis:
     """Connect, detect a cluster, and make sure our Functions library is the one loaded. With
     `wait_replicas`, every batch returns only once that many replicas of each primary it wrote to
     hold it (else it fails as `RedisDown`: not acknowledged)."""
-    options: dict[str, Any] = {"socket_timeout": TIMEOUT, "socket_connect_timeout": TIMEOUT}
+    # Maintenance notifications (redis-py 8's default with RESP3) are a Redis 8 handshake: against
+    # 7.0 it fails on every new connection, and under a burst of them left closed transports in
+    # the pool (RuntimeError on the next call). Off: a failover is followed through MOVED anyway.
+    options: dict[str, Any] = {
+        "socket_timeout": TIMEOUT,
+        "socket_connect_timeout": TIMEOUT,
+        "maint_notifications_config": MaintNotificationsConfig(enabled=False),
+        "max_connections": CONNECTIONS,
+    }
     probe = aioredis.Redis.from_url(url, **options)
     try:
         info = await probe.info("cluster")
