@@ -65,7 +65,8 @@ class ConfigStore:
             new = apply_change(base, Ledger(), record)  # pardons are the caller's (they live in Redis)
             if await self._set(new, self.version):
                 return new
-            await self.refresh()
+            if not await self.refresh():  # emptied under us: Redis lost its data; never reseed silently
+                raise RedisDown("the configuration store in Redis is empty (was Redis restarted without its data?)")
 
     async def _set(self, cfg: Config, expected: int) -> bool:
         answer = await self.redis.call(

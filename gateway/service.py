@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from actors.ledger import Ledger
+from cluster.connection import RedisDown
 from cluster.coordinator import ClusterCoordinator
 from domain.clock import ManualClock
 from domain.config import Config
@@ -79,6 +80,8 @@ async def _every(seconds: float, what: str, step: Callable[[], Awaitable[object]
         await asyncio.sleep(seconds)
         try:
             await step()
+        except RedisDown as e:
+            log.warning("%s: %s", what, e)
         except Exception:
             log.exception("%s failed", what)
 

@@ -133,16 +133,17 @@ def body(order_id: str, user: str, device: str, discount: int = 100) -> dict[str
     }
 
 
-def reservations_leased(server_url: str) -> list[str]:
-    """Reservation ids still leased (a check's reservation not yet held) anywhere in Redis."""
-    client = redis.Redis.from_url(server_url)
+def reservations_leased(*primaries: str) -> list[str]:
+    """Reservation ids still leased (a check's reservation not yet held) on these Redis nodes
+    (every primary of a cluster)."""
     leased: list[str] = []
-    with client:
-        for name in client.scan_iter(match="fg:*:r", count=1000):
-            for rid, raw in client.hgetall(name).items():
-                assert isinstance(rid, bytes) and isinstance(raw, bytes)
-                if msgpack.unpackb(raw)[0] == "L":
-                    leased.append(rid.decode())
+    for url in primaries:
+        with redis.Redis.from_url(url) as client:
+            for name in client.scan_iter(match="fg:*:r", count=1000):
+                for rid, raw in client.hgetall(name).items():
+                    assert isinstance(rid, bytes) and isinstance(raw, bytes)
+                    if msgpack.unpackb(raw)[0] == "L":
+                        leased.append(rid.decode())
     return leased
 
 
