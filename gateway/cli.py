@@ -15,7 +15,8 @@ import signal
 import socket
 import sys
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 from pathlib import Path
 
 from aiohttp import web
@@ -29,6 +30,7 @@ from domain.config import Config
 from node.coordinator import Coordinator
 from domain.document import ConfigError, load_config
 from gateway.replay import print_report, replay
+from gateway.workers import supervise
 from snapshots.store import RestoreError, Store
 
 log = logging.getLogger("flashguard")
@@ -101,6 +103,10 @@ def _parser() -> argparse.ArgumentParser:
         "--redis", metavar="URL",
         help="cluster mode: keep the state in this Redis or Redis Cluster (any node), e.g. redis://10.0.0.5:7000;"
         " --data then holds only the decision log (default: single node, state in memory)",
+    )
+    serve.add_argument(
+        "--workers", type=_within(int, 1, 256), default=1, metavar="N",
+        help="cluster mode: N gateway processes on the one port, one per core (default: %(default)s)",
     )
     serve.add_argument(
         "--redis-wait-replicas", type=_within(int, 0), default=0, metavar="N",
@@ -178,18 +184,38 @@ def _cannot_listen(host: str, port: int, error: OSError) -> str:
     return f"cannot listen on {host}:{port}: {error.strerror or error}"
 
 
-async def serve(args: argparse.Namespace, argv: list[str]) -> int:
+def serve(args: argparse.Namespace, argv: list[str]) -> int:
+    """Load the configuration and bind the socket, then serve in this process or in `--workers`."""
     try:
         cfg = load_config(args.config) if args.config else demo_config()
     except ConfigError as e:
         for error in e.errors:
             log.error("%s: %s", args.config, error)
         return 2
+    if args.workers > 1 and not args.redis:
+        log.error("--workers needs --redis: a single node keeps its state in one process")
+        return 2
     try:
         sock = _listen(args.host, args.port)
     except OSError as e:
         log.error("%s", _cannot_listen(args.host, args.port, e))
         return 2
+    if args.workers == 1:
+        return _run(_serve(args, argv, cfg, sock, None))
+    return supervise(args.workers, sock, lambda shared, index: _run(_serve(args, argv, cfg, shared, index)))
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+
+        return uvloop.run(main)
+    except ImportError:
+        return asyncio.run(main)
+
+
+async def _serve(args: argparse.Namespace, argv: list[str], cfg: Config, sock: socket.socket, worker: int | None) -> int:
+    """One gateway on `sock` until SIGTERM or SIGINT (`worker`: its index under --workers)."""
     if args.redis:
         try:
             redis = await connect(args.redis, args.redis_wait_replicas)
@@ -199,7 +225,11 @@ async def serve(args: argparse.Namespace, argv: list[str]) -> int:
             return 2
         cluster = ClusterCoordinator(redis, ConfigStore(redis), SystemClock(), manual_clock=args.manual_clock)
         app = make_app(
-            cluster, seed=cfg, reload_config=args.reload_config, max_inflight=args.max_inflight, log_dir=args.data / "decisions"
+            cluster,
+            seed=cfg,
+            reload_config=args.reload_config,
+            max_inflight=args.max_inflight,
+            log_dir=args.data / "decisions" / f"worker-{worker}" if worker is not None else args.data / "decisions",
         )
     else:
         clock: Clock = ManualClock() if args.manual_clock else SystemClock()
@@ -230,7 +260,7 @@ async def serve(args: argparse.Namespace, argv: list[str]) -> int:
         loop.add_signal_handler(sig, stop.set)
     site = web.SockSite(runner, sock, backlog=4096)
     await site.start()
-    log.info("listening on http://%s:%d", args.host, args.port)
+    log.info("listening on http://%s:%d%s", args.host, args.port, f" (worker {worker})" if worker is not None else "")
     await stop.wait()
     log.info("stopping")
     await runner.cleanup()
@@ -263,12 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             print_report(report)
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
-    try:
-        import uvloop
-
-        return uvloop.run(serve(args, argv))
-    except ImportError:
-        return asyncio.run(serve(args, argv))
+    return serve(args, argv)
 
 
 if __name__ == "__main__":

@@ -294,3 +294,32 @@ def test_a_gateway_refuses_to_start_when_redis_is_unreachable(tmp_path: Path) ->
     assert proc.returncode == 2
     out = proc.stdout + proc.stderr
     assert f"cannot reach Redis at {url}" in out and "Traceback" not in out, out
+
+
+async def test_workers_share_the_port_and_a_killed_worker_is_started_again(
+    redis_cluster_1_url: str, tmp_path: Path, gateways: list[Gateway]
+) -> None:
+    (gw,) = start(gateways, redis_cluster_1_url, tmp_path, 1, "--workers", "2")
+    poll("both workers listening", lambda: _listening(gw, 2), 30)
+    for i in range(20):
+        assert (await gw.ok("POST", "/v1/orders/check", body(f"w-{i}", f"u{i}", f"d{i}")))["decision"] == "allow"
+    workers = [int(p) for p in Path(f"/proc/{gw.process.pid}/task/{gw.process.pid}/children").read_text().split()]
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGKILL)
+    poll("the killed worker started again", lambda: _listening(gw, 3), 30)
+    assert (await gw.ok("GET", "/v1/admin/activities/A1"))["held"] == 20 * 100
+    gw.process.send_signal(signal.SIGTERM)
+    assert gw.process.wait(30) == 0
+    assert "worker 0" in gw.log.read_text() and "starting it again" in gw.log.read_text()
+
+
+def _listening(gw: Gateway, lines: int) -> None:
+    if gw.log.read_text().count("listening on") < lines:
+        raise NotReady("not yet")
+
+
+def test_workers_need_redis(tmp_path: Path) -> None:
+    proc = subprocess.run([*FLASHGUARD, "serve", "--workers", "2", "--port", str(free_port()), "--data", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 2
+    assert "--workers needs --redis" in proc.stdout + proc.stderr
