@@ -1,33 +1,40 @@
 """flashguard: an order anti-abuse gateway for flash sales.
 
-Components, in the order a request meets them:
+Packages, each importing only those below it:
 
-- `cli`: `flashguard serve` / `check-config` / `replay`; builds the clock, coordinator and app.
-- `app`: the aiohttp application; middlewares for errors, load shedding (429), admin auth and the
-  disk guard (503); one cleanup context that restores the state, starts the background tasks
-  (expiry sweeper, snapshots), yields, and writes the final snapshot.
+- `gateway` (this one): HTTP, the command line and operations.
+- `snapshots`: the single node's journal, snapshots and restore.
+- `cluster`: cluster mode's state in Redis (connection, keys, partition, coordinator, the
+  configuration store, the Functions library `flashguard.lua`).
+- `node`: the single node's coordinator.
+- `rules`: the one rule set of both modes (checks, subjects, decide, changes).
+- `actors`: the ledger of subject, activity and SKU actors, windows, orders, the expiry heap.
+- `domain`: types, configuration, schema, values, lists, messages, errors, clock.
+
+This package, in the order a request meets it:
+
+- `cli`: `flashguard serve` / `check-config` / `replay`; builds the coordinator of the mode asked
+  for and the app; `workers` forks `--workers N` cluster-mode processes onto one socket.
+- `app`: the aiohttp application; middlewares for errors (`RedisDown` is 503), load shedding
+  (429), admin auth and, on the single node, the disk guard (503); one cleanup context that lets
+  the service restore or connect, starts the background tasks, yields, and lets it stop.
 - `routes` (checkout), `admin` (operators), `metrics` + `stats`, `console`, `openapi`: decode a
-  body, call one coordinator method, await the journal's commit, answer.
-- `codec` / `schema`: JSON and MessagePack bodies, validated into typed requests.
-- `coordinator`: the check coordinator. Evaluates an order (`checks`, over `subjects`), decides
-  allow / degrade / deny, appends the journal record and applies the footprint to the actors,
-  all without awaiting.
-- `checks`: every check of SPEC section 3, read-only over the actors. `subjects`: who an order is
-  for, folded, and the black- and whitelists over them. `messages`: what the buyer is told.
-- `config` (the entries and the live configuration), `document` (reading and validating a
-  document, every error with its location), `values` (bounds, ids, durations, ratios, folding),
-  `lists` (black- and whitelists), `changes` (admin changes as records).
+  body, await one call of the service, log the decision, answer.
+- `codec`: JSON and MessagePack bodies, validated into `domain.schema`'s typed requests.
+- `service`: the one interface those call, over either mode (`NodeService`, `ClusterService`).
 - `decisions`: the decision log; `replay`: a rule change tried on logged traffic.
-- `clock`: injected time. `types`: the shared vocabulary. `keys`: the app's typed keys.
-- `actors/` (package beside this one): the ledger of subject, activity and SKU actors, orders and
-  their footprints, sliding windows and the expiry heap. Restored subjects and settled orders stay
-  encoded until first touched.
-- `snapshots/`: the journal (its group-commit writer, `journal`, and its files and their reading
-  back, `journal_files`), snapshot files, the state document, the store (restore, snapshots) and
-  `compact`, the process that writes snapshots.
+- `keys`: the app's typed keys.
 
-A check flows one way: HTTP -> codec -> coordinator -> checks (read) -> journal record ->
-ledger (write) -> response after the journal's commit. Because the coordinator's step never
-awaits, the single event loop is the only writer and no lock guards any state. (The journal's
-writer thread shares only its buffer of encoded records, under a lock held for an append.)
+A check on the single node: HTTP -> codec -> service -> `node.coordinator` (the `rules` read the
+ledger and decide; the journal record is appended; the footprint is applied to the `actors`) ->
+the service awaits the journal's commit -> answer. The coordinator's step never awaits, so the
+single event loop is the only writer and no lock guards any state. (The journal's writer thread
+shares only its buffer of encoded records, under a lock held for an append.)
+
+A check in cluster mode: HTTP -> codec -> service -> `cluster.coordinator`: one round of reads
+(every actor the order touches, each in its own slot) and the order id's claim; the same `rules`
+decide over a ledger built from what was read; one round reserves in every slot, guarded by what
+the decision relied on (a refused guard gives everything back and decides again); one round
+holds the reservations and commits the order record -> answer. A gateway keeps no state, so any
+number of them serve one Redis.
 """

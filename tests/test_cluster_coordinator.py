@@ -1,7 +1,8 @@
 """The cluster coordinator over a real Redis: a standalone server and a one-node Redis Cluster
 (which refuses any call whose keys escaped their hash tag). The same decisions as the single node
 for budget, SKU limits and repeats; confirm, cancel and hold expiry through the Functions library.
-The HTTP layer is not wired to cluster mode yet: these drive the coordinator directly."""
+These drive the coordinator directly; over HTTP, the decision suites run against both modes
+(`both_modes`), and `test_cluster_gateways` runs real gateway processes."""
 
 from __future__ import annotations
 
