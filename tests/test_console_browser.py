@@ -221,6 +221,10 @@ def test_console_in_chromium(server: str, driver: WebDriver, tmp_path: Path) -> 
         value = driver.execute_script("const e = document.querySelector(arguments[0]); return e ? e.getAttribute(arguments[1]) : null", css, name)
         return None if value is None else str(value)
 
+    def click(css: str) -> None:
+        """Find and click in one call: between a find and a click, a re-render can replace the element."""
+        driver.execute_script("document.querySelector(arguments[0]).click()", css)
+
     # The page loads without a token; no data until signed in, and a wrong token is refused.
     driver.get(server + "/console")
     token = wait.until(ec.visibility_of_element_located((By.ID, "token")))
@@ -289,13 +293,13 @@ def test_console_in_chromium(server: str, driver: WebDriver, tmp_path: Path) -> 
     chip = '#list-blacklist .chip[data-value="d-farm-01"]'
     wait.until(lambda d: "d-farm-01" in text(chip))
     assert _call(server, "GET", "/v1/admin/lists", token=TOKEN)[1]["blacklist"]["device"] == ["d-farm-01"]
-    driver.find_element(By.CSS_SELECTOR, chip + " button").click()
+    click(chip + " button")
     wait.until(ec.alert_is_present()).accept()
     wait.until(lambda d: attr(chip, "data-value") is None)
     assert _call(server, "GET", "/v1/admin/lists", token=TOKEN)[1]["blacklist"].get("device", []) == []
 
     # The top scalper blacklisted from the top-refused table.
-    driver.find_element(By.CSS_SELECTOR, "#top-users tbody tr:first-child button").click()
+    click("#top-users tbody tr:first-child button")
     wait.until(ec.alert_is_present()).accept()
     wait.until(lambda d: text("#top-users tbody tr:first-child .badge") == "blacklisted")
     assert "scalper-7" in _call(server, "GET", "/v1/admin/lists", token=TOKEN)[1]["blacklist"]["user"]
