@@ -18,7 +18,7 @@ from cluster.connection import Redis, RedisDown
 from cluster.keys import CONFIG_KEYS
 from rules.changes import apply_change
 from domain.config import Config
-from domain.document import build_config
+from domain.document import ConfigError, build_config
 from domain.types import Record
 
 log = logging.getLogger("flashguard.cluster")
@@ -63,6 +63,7 @@ class ConfigStore:
         while True:
             base = build_config(self.config.to_doc(secrets=True))  # a copy: the live one stays as it is
             new = apply_change(base, Ledger(), record)  # pardons are the caller's (they live in Redis)
+            _keep_buckets(self.config, new)
             if await self._set(new, self.version):
                 return new
             if not await self.refresh():  # emptied under us: Redis lost its data; never reseed silently
@@ -87,3 +88,16 @@ class ConfigStore:
                 log.warning("configuration poll: %s", e)
             except Exception:
                 log.exception("configuration poll failed")
+
+
+def _keep_buckets(old: Config, new: Config) -> None:
+    """An activity's budget counters live in its buckets' slots: another number of buckets would
+    strand what they hold (and let the budget be passed), so it is fixed while the activity exists."""
+    errors = [
+        f"activities.{aid}.buckets: cannot change from {old.activities[aid].buckets} to {activity.buckets} while the activity "
+        "exists (its budget counters live in those buckets); give the new split to a new activity"
+        for aid, activity in new.activities.items()
+        if aid in old.activities and activity.buckets != old.activities[aid].buckets
+    ]
+    if errors:
+        raise ConfigError(errors)

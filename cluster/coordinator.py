@@ -29,14 +29,26 @@ from actors.orders import Order
 from cluster.config_store import ConfigStore
 from cluster.connection import Call, Redis
 from cluster.keys import BUCKETS, CLOCK_KEY, activity_tag, holds_key, inflight_key, order_keys, slot_keys
-from cluster.partition import Read, SlotOps, auto_guards, fields, order_activities, partition, reads, view
+from cluster.partition import (
+    Read,
+    SlotOps,
+    auto_guards,
+    budget_rooms,
+    buckets,
+    fields,
+    order_activities,
+    partition,
+    reads,
+    short_budgets,
+    view,
+)
 from rules.changes import pardoned
 from domain.clock import Clock, ClockError
 from domain.config import Config
-from rules.decide import claim_subjects, decide, decide_claim, decode_response, order_view
+from rules.decide import Verdict, claim_subjects, decide, decide_claim, decode_response, order_view
 from domain.errors import Conflict, Gone, NotFound, Unavailable
 from domain.schema import CheckRequest, CheckResponse, ClaimRequest, OrderView
-from rules.subjects import Subjects, order_subjects, user_key
+from rules.subjects import order_subjects, user_key
 from domain.types import SEP, Decision, OrderState, Record, SubjectKey, counter_key
 
 log = logging.getLogger("flashguard.cluster")
@@ -48,6 +60,7 @@ BUSY_POLL = 0.005  # seconds between looks at an order another gateway is decidi
 _encode = msgspec.msgpack.encode
 _order_decoder = msgspec.msgpack.Decoder(Order)
 _attempt_decoder = msgspec.msgpack.Decoder(tuple[str, list[str]])
+_tags_decoder = msgspec.msgpack.Decoder(list[str])
 
 
 @dataclass(slots=True)
@@ -113,7 +126,8 @@ class ClusterCoordinator:
         okeys = order_keys(oid)
         cfg = self.config
         subj = order_subjects(req)
-        wanted = reads(cfg, subj, order_activities(req))
+        activities = order_activities(req)
+        wanted = reads(cfg, subj, activities, oid)
         deadline = asyncio.get_running_loop().time() + LEASE
         while True:
             now = await self.now()
@@ -135,29 +149,38 @@ class ClusterCoordinator:
         if begin[0] == b"takeover":
             self.stats.takeovers += 1
             await self._give_back(begin[2], now)
-        for round_ in range(ROUNDS):
-            ledger = view(wanted, answers[1:])
-            response = await self._settle(req, subj, digest, ledger, now, attempt, f"{oid}#{attempt}.{round_}")
-            if response is not None:
-                return response, False
-            self.stats.contention += 1
-            answers = [None, *await self._batch(read_calls)]
+        scan: set[str] = set()
+        round_ = 0
+        while round_ < ROUNDS:
+            answers = answers[1:]
+            verdict = decide(req, subj, cfg, view(wanted, answers, cfg), now)
+            short = short_budgets(verdict.response, cfg, wanted)
+            if short:  # a bucketed budget read in part: read all of it before refusing
+                scan |= short
+                wanted = reads(cfg, subj, activities, oid, scan)
+            else:
+                rooms = budget_rooms(wanted, answers, cfg)
+                response = await self._settle(req, verdict, rooms, digest, now, attempt, f"{oid}#{attempt}.{round_}")
+                if response is not None:
+                    return response, False
+                self.stats.contention += 1
+                round_ += 1
+            answers = [None, *await self._batch([("fg_read", slot_keys(r.tag), (now, *(w for w, _ in r.windows))) for r in wanted])]
         await self.redis.call("fg_abandon", okeys, (now, oid, attempt, "1"))
         raise _contended()
 
     async def _settle(
-        self, req: CheckRequest, subj: Subjects, digest: bytes, ledger: Ledger, now: int, attempt: int, rid: str
+        self, req: CheckRequest, verdict: Verdict, rooms: dict[str, list[tuple[int, int]]], digest: bytes, now: int, attempt: int, rid: str
     ) -> CheckResponse | None:
-        """Decide over `ledger` and make it stand; None when a guard refused (read and try again)."""
+        """Make `verdict` stand; None when a guard refused (read and try again)."""
         cfg = self.config
-        verdict = decide(req, subj, cfg, ledger, now)
         response = verdict.response
         okeys = order_keys(req.order_id)
         order = verdict.order(req, digest, now)
         if verdict.footprint is None:
-            await self._commit(order, now, attempt, "")
+            await self._commit(order, now, attempt, "", [])
             return response
-        slots = partition(verdict.footprint, cfg, now, guarded=not verdict.whitelisted)
+        slots = partition(verdict.footprint, cfg, now, not verdict.whitelisted, req.order_id, rooms)
         tags = list(slots)
         reserved = await self._batch(
             [
@@ -176,21 +199,16 @@ class ClusterCoordinator:
         if not all(_ok(a) for a in held):  # the lease ran out on the way (a stall of LEASE seconds)
             await self._release(rid, tags, now)
             raise _taken_over(req.order_id)
-        await self._commit(order, now, attempt, rid)
+        await self._commit(order, now, attempt, rid, tags)
         return response
 
-    async def _commit(self, order: Order, now: int, attempt: int, rid: str) -> None:
+    async def _commit(self, order: Order, now: int, attempt: int, rid: str, tags: list[str]) -> None:
         state = order.state.value
-        answer = await self.redis.call(
-            "fg_commit", order_keys(order.order_id), (now, order.order_id, attempt, state, _encode(order), order.expires_at or 0, rid)
-        )
-        if not _ok(answer):
+        args = (now, order.order_id, attempt, state, _encode(order), order.expires_at or 0, rid, _encode(tags))
+        if not _ok(await self.redis.call("fg_commit", order_keys(order.order_id), args)):
             if rid:
-                await self._release(rid, self._tags(order), now)
+                await self._release(rid, tags, now)
             raise _taken_over(order.order_id)
-
-    def _tags(self, order: Order) -> list[str]:
-        return list(partition(order.footprint, self.config, 0, guarded=False)) if order.footprint is not None else []
 
     async def _release(self, rid: str, tags: list[str], now: int, release: bool = True) -> list[Any]:
         return await self._batch([("fg_release", slot_keys(t), (now, rid, "1" if release else "0")) for t in tags])
@@ -207,8 +225,8 @@ class ClusterCoordinator:
         wanted = [Read(tag)]
         for _ in range(ROUNDS):
             now = await self.now()
-            ledger = view(wanted, [await self.redis.call("fg_read", slot_keys(tag), (now,))])
             cfg = self.config
+            ledger = view(wanted, [await self.redis.call("fg_read", slot_keys(tag), (now,))], cfg)
             response, white = decide_claim(req, cfg, ledger)
             if response.decision is not Decision.ALLOW:
                 return response
@@ -255,7 +273,7 @@ class ClusterCoordinator:
         if verdict in ("go", "resume"):
             if verdict == "resume":
                 self.stats.takeovers += 1
-            order = await self._finish(order, answer[2].decode(), answer[3].decode(), now)
+            order = await self._finish(order, answer[2].decode(), _tags_decoder.decode(answer[4]), answer[3].decode(), now)
         elif verdict == "expired" and move == "confirm":
             raise Gone("hold_expired", f"the hold of order {order_id!r} expired at {order.expires_at}")
         elif move == "confirm" and verdict != "confirmed":
@@ -264,12 +282,11 @@ class ClusterCoordinator:
             raise Gone("hold_expired", f"the hold of order {order_id!r} expired at {order.expires_at}")
         return order_view(order, now)
 
-    async def _finish(self, order: Order, rid: str, move: str, now: int) -> Order:
+    async def _finish(self, order: Order, rid: str, tags: list[str], move: str, now: int) -> Order:
         """Carry a leased confirm or cancel through every slot, then record where the order ends.
         A confirm that finds a slot's hold already ended (its expiry came first there) is undone
         everywhere: the order expired."""
         action, _, before = move.partition(":")
-        tags = self._tags(order)
         if action == "confirm":
             answers = await self._batch([("fg_confirm", slot_keys(t), (now, rid)) for t in tags])
             if all(_ok(a) for a in answers):
@@ -343,15 +360,14 @@ class ClusterCoordinator:
         flat, listed = await self.redis.call("fg_read", slot_keys(subject), (await self.now(), "*"))
         totals = fields(listed)
         windows = tuple((w, int(w.rsplit(SEP, 1)[1])) for w in totals)
-        return view([Read(subject, windows)], [(flat, list(totals.values()))])
+        return view([Read(subject, windows)], [(flat, list(totals.values()))], self.config)
 
     async def activity_ledger(self, activity_ids: list[str]) -> Ledger:
-        return await self._read([Read(activity_tag(a)) for a in activity_ids])
-
-    async def _read(self, wanted: list[Read]) -> Ledger:
+        """The activities' budgets as Redis holds them now (every bucket of a split one, summed)."""
+        cfg = self.config
+        wanted = [Read(activity_tag(a, b)) for a in activity_ids for b in range(buckets(cfg.activities.get(a)))]
         now = await self.now()
-        answers = await self._batch([("fg_read", slot_keys(r.tag), (now, *(w for w, _ in r.windows))) for r in wanted])
-        return view(wanted, answers)
+        return view(wanted, await self._batch([("fg_read", slot_keys(r.tag), (now,)) for r in wanted]), cfg)
 
 
 def _taken_over(order_id: str) -> Unavailable:

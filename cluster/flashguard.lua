@@ -16,7 +16,7 @@
 -- zset of orders in flight (pending checks, confirms and cancels), scored by their lease, KEYS[3]
 -- the bucket's zset of held orders, scored by their expiry (to count holds as they run out).
 
-local VERSION = '2'
+local VERSION = '3'
 local TOMBSTONE = 3600   -- seconds a released reservation id is remembered
 local SEP = '\30'        -- between a window key and its second
 
@@ -276,14 +276,14 @@ local function fg_attempt(keys, args)
   return {'ok'}
 end
 
--- fg_commit(order keys; now, order id, attempt, state, order, expires at, reservation id): the
--- decision stands.
+-- fg_commit(order keys; now, order id, attempt, state, order, expires at, reservation id, tags):
+-- the decision stands; `tags` (the slots holding the reservation) go with it for its confirm or cancel.
 -- Refused ('lost') when the attempt's lease ran out or another attempt took the order over.
 local function fg_commit(keys, args)
   local now, oid = tonumber(args[1]), args[2]
   local f = redis.call('HMGET', keys[1], 'st', 'at', 'ls')
   if f[1] ~= 'pending' or f[2] ~= args[3] or num(f[3]) <= now then return {'lost'} end
-  redis.call('HSET', keys[1], 'st', args[4], 'o', args[5], 'ex', args[6], 'rid', args[7])
+  redis.call('HSET', keys[1], 'st', args[4], 'o', args[5], 'ex', args[6], 'rid', args[7], 'tg', args[8])
   redis.call('HDEL', keys[1], 'fp', 'ls')
   redis.call('ZREM', keys[2], oid)
   if args[4] == 'held' then redis.call('ZADD', keys[3], args[6], oid) end
@@ -291,19 +291,19 @@ local function fg_commit(keys, args)
 end
 
 -- fg_begin_move(order keys; now, order id, move, lease until): start a confirm or cancel.
--- Answers {verdict, order, reservation id, move}: 'go' (the move is leased, so a crashed gateway's move is
+-- Answers {verdict, order, reservation id, move, tags}: 'go' (the move is leased, so a crashed gateway's move is
 -- finished by whoever comes next: 'resume' with the move it was making), 'busy', 'expired' (a
 -- hold past its time), 'none', or the state the order is in when the move does not apply.
 local function fg_begin_move(keys, args)
   local now, oid, move, lease = tonumber(args[1]), args[2], args[3], args[4]
-  local f = redis.call('HMGET', keys[1], 'st', 'o', 'ex', 'ls', 'mv', 'rid')
+  local f = redis.call('HMGET', keys[1], 'st', 'o', 'ex', 'ls', 'mv', 'rid', 'tg')
   local st = f[1]
   if not st or st == 'pending' then return {'none'} end
   if st == 'moving' then
     if num(f[4]) > now then return {'busy'} end
     redis.call('HSET', keys[1], 'ls', lease)
     redis.call('ZADD', keys[2], lease, oid)
-    return {'resume', f[2], f[6], f[5]}
+    return {'resume', f[2], f[6], f[5], f[7]}
   end
   if st == 'held' and num(f[3]) <= now then return {'expired', f[2], f[6]} end
   if (move == 'confirm' and st ~= 'held') or (move == 'cancel' and st ~= 'held' and st ~= 'confirmed') then
@@ -312,7 +312,7 @@ local function fg_begin_move(keys, args)
   redis.call('HSET', keys[1], 'st', 'moving', 'ls', lease, 'mv', move .. ':' .. st)
   redis.call('ZADD', keys[2], lease, oid)
   redis.call('ZREM', keys[3], oid)
-  return {'go', f[2], f[6], move .. ':' .. st}
+  return {'go', f[2], f[6], move .. ':' .. st, f[7]}
 end
 
 -- fg_end_move(order keys; order id, state, order): the move is done; the order is in `state`.

@@ -30,12 +30,21 @@ def slot_keys(tag: str) -> SlotKeys:
     return c, w, wz, r, d
 
 
-def activity_tag(activity_id: str) -> str:
-    return "act" + SEP + activity_id
+BUCKET_SEP = "\x1e"  # between an actor's tag and its bucket: ids are printable, so it cannot clash
 
 
-def sku_tag(sku_id: str) -> str:
-    return "sku" + SEP + sku_id
+def activity_tag(activity_id: str, bucket: int = 0) -> str:
+    """An activity's budget, or bucket `bucket` of it (a hot activity's budget split over slots)."""
+    return "act" + SEP + activity_id + (f"{BUCKET_SEP}{bucket}" if bucket else "")
+
+
+def sku_tag(sku_id: str, bucket: int = 0) -> str:
+    return "sku" + SEP + sku_id + (f"{BUCKET_SEP}{bucket}" if bucket else "")
+
+
+def home_bucket(order_id: str, buckets: int) -> int:
+    """The bucket an order takes from first: spread by its id, so a hot actor's orders spread over slots."""
+    return zlib.crc32(b"home:" + order_id.encode()) % buckets if buckets > 1 else 0
 
 
 def bucket(order_id: str) -> int:

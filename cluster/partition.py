@@ -11,6 +11,7 @@ gateways never together pass a limit, a window or a budget.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,11 +21,11 @@ from actors.ledger import Ledger
 from actors.orders import Footprint
 from actors.subject import SubjectActor
 from actors.window import Window
-from cluster.keys import activity_tag, sku_tag
-from domain.config import Config
-from domain.schema import CheckRequest
+from cluster.keys import BUCKET_SEP, activity_tag, home_bucket, sku_tag
+from domain.config import Activity, Config
+from domain.schema import CheckResponse, CheckRequest
+from domain.types import LIMIT_SUBJECTS, SEP, Code, Subject, SubjectKey
 from rules.subjects import Subjects
-from domain.types import LIMIT_SUBJECTS, SEP, Subject, SubjectKey
 
 NO_GUARD = -1
 DISCOUNT, MARGIN, PARDONS = "#discount", "#margin", "#pardons"  # a user's auto-blacklist fields
@@ -49,15 +50,48 @@ class SlotOps:
         return [self.counters, self.windows, self.confirm, self.guards]
 
 
-def reads(cfg: Config, subj: Subjects, activity_ids: Iterable[str]) -> list[Read]:
+def reads(cfg: Config, subj: Subjects, activity_ids: Iterable[str], order_id: str, scan: Iterable[str] = ()) -> list[Read]:
+    """What a check of `order_id` reads: a bucketed activity's home bucket only, or with the
+    activity in `scan` every bucket (its home first)."""
     by_tag: dict[str, list[tuple[str, int]]] = {subj.keys[s]: [] for s in LIMIT_SUBJECTS if s in subj.keys}
     for plan in cfg.rule_plan():
         skey = subj.keys.get(plan.subject)
         if skey is not None:
             by_tag.setdefault(skey, []).append((plan.window, plan.seconds))
     out = [Read(tag, tuple(windows)) for tag, windows in by_tag.items()]
-    out.extend(Read(activity_tag(aid)) for aid in dict.fromkeys(activity_ids))
+    for aid in dict.fromkeys(activity_ids):
+        n = buckets(cfg.activities.get(aid))
+        home = home_bucket(order_id, n)
+        out.extend(Read(activity_tag(aid, (home + i) % n)) for i in range(n if aid in scan else 1))
     return out
+
+
+def buckets(activity: Activity | None) -> int:
+    """The slots an activity's budget is split over: more than one only for a budget to split."""
+    return activity.buckets if activity is not None and activity.budget is not None else 1
+
+
+def share(budget: int, n: int, bucket: int) -> int:
+    """Bucket `bucket`'s part of `budget`: the n parts differ by at most 1 and sum to it."""
+    return budget // n + (1 if bucket < budget % n else 0)
+
+
+def short_budgets(response: CheckResponse, cfg: Config, wanted: list[Read]) -> set[str]:
+    """The bucketed activities refused for budget on a read of only some of their buckets: read
+    them all (the last units of a budget may sit in any bucket) before the refusal stands."""
+    read = Counter(_bucket_of(r.tag)[0] for r in wanted if r.tag.startswith("act" + SEP))
+    return {
+        r.activity_id
+        for r in response.reasons
+        if r.code is Code.ACTIVITY_BUDGET_EXHAUSTED and r.activity_id is not None
+        and read[r.activity_id] < buckets(cfg.activities.get(r.activity_id))
+    }  # fmt: skip
+
+
+def _bucket_of(tag: str) -> tuple[str, int]:
+    """The activity id and bucket of an activity tag."""
+    aid, _, bucket = tag.partition(SEP)[2].partition(BUCKET_SEP)
+    return aid, int(bucket or 0)
 
 
 def order_activities(req: CheckRequest) -> list[str]:
@@ -86,21 +120,46 @@ def activity_actor(counts: dict[str, int]) -> ActivityActor:
     return ActivityActor(held=used - spent, spent=spent)
 
 
-def view(wanted: list[Read], answers: Sequence[Any]) -> Ledger:
-    """The actors of `wanted` as `fg_read` answered them, as a ledger the rules can read."""
+def view(wanted: list[Read], answers: Sequence[Any], cfg: Config) -> Ledger:
+    """The actors of `wanted` as `fg_read` answered them, as a ledger the rules can read. A
+    bucketed activity read in part shows the buckets not read as used up: the rules then decide
+    on the room of the buckets read, which is all the order can take from."""
     ledger = Ledger()
+    parts: dict[str, dict[int, ActivityActor]] = {}
     for read, (flat, totals) in zip(wanted, answers):
         counts = fields(flat)
-        kind, _, ident = read.tag.partition(SEP)
-        if kind == "act":
-            ledger.activities[ident] = activity_actor(counts)
+        if read.tag.startswith("act" + SEP):
+            aid, bucket = _bucket_of(read.tag)
+            parts.setdefault(aid, {})[bucket] = activity_actor(counts)
         else:
             ledger.subjects[read.tag] = subject_actor(counts, read.windows, totals)
+    for aid, got in parts.items():
+        activity = cfg.activities.get(aid)
+        n = buckets(activity)
+        unread = sum(share(activity.budget, n, b) for b in range(n) if b not in got) if activity and activity.budget else 0
+        ledger.activities[aid] = ActivityActor(held=sum(a.held for a in got.values()), spent=sum(a.spent for a in got.values()) + unread)
     return ledger
 
 
-def partition(fp: Footprint, cfg: Config, now: int, guarded: bool) -> dict[str, SlotOps]:
-    """The footprint as ops per actor tag. Unguarded (a whitelisted user): counted, never refused."""
+def budget_rooms(wanted: list[Read], answers: Sequence[Any], cfg: Config) -> dict[str, list[tuple[int, int]]]:
+    """For each bucketed activity read: (bucket, room left) of the buckets read, in reading order
+    (the order's home bucket first)."""
+    rooms: dict[str, list[tuple[int, int]]] = {}
+    for read, (flat, _) in zip(wanted, answers):
+        if read.tag.startswith("act" + SEP):
+            aid, bucket = _bucket_of(read.tag)
+            activity = cfg.activities.get(aid)
+            n = buckets(activity)
+            if activity is not None and activity.budget is not None and n > 1:
+                rooms.setdefault(aid, []).append((bucket, share(activity.budget, n, bucket) - fields(flat).get("used", 0)))
+    return rooms
+
+
+def partition(
+    fp: Footprint, cfg: Config, now: int, guarded: bool, order_id: str, rooms: dict[str, list[tuple[int, int]]]
+) -> dict[str, SlotOps]:
+    """The footprint as ops per actor tag. Unguarded (a whitelisted user): counted, never refused.
+    A bucketed budget is taken from the buckets in `rooms` (see `budget_rooms`), home first."""
     slots: dict[str, SlotOps] = {}
 
     def at(tag: str) -> SlotOps:
@@ -136,16 +195,42 @@ def partition(fp: Footprint, cfg: Config, now: int, guarded: bool) -> dict[str, 
     for aid, amount in fp.budget:
         activity = cfg.activities.get(aid)
         budget = activity.budget if activity is not None else None
-        # A budget exactly used up is fused (SPEC section 3), so even an amount of 0 needs room left.
-        bound = None if budget is None else budget if amount > 0 else budget - 1
-        ops = at(activity_tag(aid))
-        ops.counters.append(("used", amount, limit(bound)))
-        ops.confirm.append(("spent", amount))
+        n = buckets(activity)
+        if budget is None or n == 1:
+            # A budget exactly used up is fused (SPEC section 3), so even an amount of 0 needs room left.
+            takes = [(0, amount, None if budget is None else budget if amount > 0 else budget - 1)]
+        else:
+            takes = _take(amount, rooms.get(aid, []), budget, n, home_bucket(order_id, n))
+        for bucket, part, bound in takes:
+            ops = at(activity_tag(aid, bucket))
+            ops.counters.append(("used", part, limit(bound)))
+            ops.confirm.append(("spent", part))
     for sku_id, qty in fp.units:
-        ops = at(sku_tag(sku_id))
+        sku = cfg.skus.get(sku_id)
+        ops = at(sku_tag(sku_id, home_bucket(order_id, sku.buckets if sku is not None else 1)))
         ops.counters.append(("used", qty, NO_GUARD))
         ops.confirm.append(("confirmed", qty))
     return slots
+
+
+def _take(amount: int, rooms: list[tuple[int, int]], budget: int, n: int, home: int) -> list[tuple[int, int, int | None]]:
+    """(bucket, part, bound) taking `amount` from the buckets with room, in order. The decision
+    allowed it, so together they have the room (and some room, for an amount of 0: a bucket exactly
+    used up is fused like a budget). A whitelisted order, allowed without room, is counted in its
+    home bucket unbounded."""
+    takes: list[tuple[int, int, int | None]] = []
+    left = amount
+    for bucket, room in rooms:
+        if room <= 0:
+            continue
+        part = min(room, left)
+        takes.append((bucket, part, share(budget, n, bucket) - (0 if part else 1)))
+        left -= part
+        if left == 0:
+            break
+    if left or not takes:
+        takes.append((home, left, None))
+    return takes
 
 
 def auto_guards(cfg: Config) -> list[tuple[str, int, str]]:

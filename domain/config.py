@@ -18,6 +18,7 @@ import msgspec
 from domain.lists import ListName, ListsDoc, ListSet
 from domain.types import LIMIT_SUBJECTS, CounterKey, Subject, counter_key, key
 from domain.values import (
+    Buckets,
     MAX_MONEY,
     MAX_QUANTITY,
     MAX_WINDOW,
@@ -62,6 +63,7 @@ class Sku(Entry):
     original_price: Money | None = None
     price_fuse: PriceFuse | None = None
     limits: Limits = msgspec.field(default_factory=Limits)
+    buckets: Buckets = 1  # cluster mode: the SKU's unit counters spread over this many slots (a hot SKU)
 
     def __post_init__(self) -> None:
         if self.price_fuse is not None and self.fuse_base is None:
@@ -121,6 +123,7 @@ class Activity(Entry):
     user_limit: PosInt | None = None
     sku_limits: dict[Id, PosInt] = msgspec.field(default_factory=dict)
     disclose_limits: bool = False
+    buckets: Buckets = 1  # cluster mode: the budget split over this many slots that sum to it (a hot activity)
 
     def __post_init__(self) -> None:
         if self.starts_at is not None and self.ends_at is not None and self.ends_at <= self.starts_at:

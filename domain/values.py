@@ -34,6 +34,8 @@ IdText = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 _CONTROL = re.compile(CONTROL)
 PosInt = Annotated[int, msgspec.Meta(ge=1, le=MAX_QUANTITY * 1000)]
 Money = Annotated[int, msgspec.Meta(ge=0, le=MAX_MONEY)]
+MAX_BUCKETS = 64
+Buckets = Annotated[int, msgspec.Meta(ge=1, le=MAX_BUCKETS)]
 Seconds = Annotated[int, msgspec.Meta(ge=0, le=2**40)]
 Duration = int | str
 Ratio = str | int | float

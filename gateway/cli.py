@@ -254,6 +254,11 @@ async def _serve(args: argparse.Namespace, argv: list[str], cfg: Config, sock: s
         log.error("%s", e)
         sock.close()
         return 2
+    except ConfigError as e:  # --reload-config over a stored configuration it cannot replace
+        for error in e.errors:
+            log.error("%s: %s", args.config, error)
+        sock.close()
+        return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # before "listening": from then on a SIGTERM stops cleanly
