@@ -19,17 +19,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import MovedError, RedisError, ResponseError
 from redis.maint_notifications import MaintNotificationsConfig
 
 LIBRARY = (Path(__file__).parent / "flashguard.lua").read_text()
 LIBRARY_NAME = "flashguard"
 TIMEOUT = 2.0  # seconds for one call: past it, Redis counts as unreachable for this request
-# Batches in flight at once; the others wait their turn. Each holds one connection per node it
-# calls, so the pools (CONNECTIONS per node) never run dry: redis-py's cluster client answers a dry
-# pool with an error that makes it drop every connection, failing the calls in flight with them.
-BATCHES = 64
-CONNECTIONS = BATCHES + 16  # the configuration poll, the sweeper, admin reads
+CONNECTIONS = 80  # per primary: a batch holds one while it runs, and waits for one when all are busy
 WAIT_MS = 1000  # how long a write waits for its replicas with --redis-wait-replicas
 
 Call = tuple[str, Sequence[str], Sequence[Any]]
@@ -43,67 +39,94 @@ class LibraryMismatch(RuntimeError):
     """The store holds another version of the Functions library."""
 
 
-class _Cluster(RedisCluster):
-    """redis-py asks a node `COMMAND GETKEYS` to route every FCALL (a round trip per call); an
-    FCALL names its keys itself (`FCALL fn numkeys key...`), so read them from the arguments."""
-
-    async def _determine_slot(self, command: str, *args: Any) -> int:
-        if command.upper() == "FCALL":
-            keys = args[2 : 2 + int(args[1])]
-            slots = {self.keyslot(k) for k in keys}
-            if len(slots) == 1:
-                return slots.pop()
-        return await super()._determine_slot(command, *args)
-
-
 class Redis:
-    def __init__(self, client: aioredis.Redis | _Cluster, clustered: bool, wait_replicas: int = 0) -> None:
+    """Calls to one Redis or a Redis Cluster. `client` (redis-py's) knows the cluster's slots and
+    makes the rare calls (configuration, library); a batch of Function calls goes straight to each
+    primary on a plain pipelined connection, the primaries in parallel: redis-py's cluster pipeline
+    costs twice the CPU per call (measured 1,000 against 500 us per batch of 12 calls), which a
+    check of some thirty calls feels. Each primary's pool holds `CONNECTIONS` and makes a batch
+    wait for a free one (a pool that ran dry would fail the call)."""
+
+    def __init__(self, client: aioredis.Redis | RedisCluster, clustered: bool, wait_replicas: int, options: dict[str, Any]) -> None:
         self.client = client
         self.clustered = clustered
         self.wait_replicas = wait_replicas
-        self._slots = asyncio.Semaphore(BATCHES)
+        self._options = options
+        self._primaries: dict[str, aioredis.Redis] = {}  # host:port -> its pool
+        self._stale = False  # a call failed: learn the slots again before the next batch
 
     async def call(self, fn: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return (await self.batch([(fn, keys, args)]))[0]
 
     async def batch(self, calls: list[Call]) -> list[Any]:
-        """Every call's answer, in order. A call that Redis refused raises (after all were sent)."""
+        """Every call's answer, in order. A call that Redis refused raises (after all were sent).
+        A call answered MOVED (its slot changed hands: a failover) is sent once more where the
+        slot now is; MOVED means it did not run."""
         if not calls:
             return []
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for fn, keys, args in calls:
-                pipe.execute_command("FCALL", fn, len(keys), *keys, *args)
-            waits = self._wait(pipe, calls)
-            async with self._slots, asyncio.timeout(TIMEOUT):
-                answers = list(await pipe.execute())
+            async with asyncio.timeout(TIMEOUT):
+                if self._stale:
+                    await self._learn_slots()
+                answers = await self._send(calls)
+                moved = [i for i, answer in enumerate(answers) if isinstance(answer, MovedError)]
+                if moved:
+                    await self._learn_slots()
+                    for i, answer in zip(moved, await self._send([calls[i] for i in moved])):
+                        answers[i] = answer
         except (RedisError, OSError, TimeoutError) as e:
+            self._stale = self.clustered
             raise RedisDown(f"{type(e).__name__}: {e}") from None
-        if waits:
-            acked = min(answers[-waits:])
-            if acked < self.wait_replicas:
-                raise RedisDown(f"only {acked} of {self.wait_replicas} replicas acknowledged the write within {WAIT_MS} ms")
-            del answers[-waits:]
+        for answer in answers:
+            if isinstance(answer, Exception):
+                raise RedisDown(f"{type(answer).__name__}: {answer}")
         return answers
 
-    def _wait(self, pipe: Any, calls: list[Call]) -> int:
-        """With `wait_replicas`, end each primary's part of the pipeline with WAIT: it runs on the
-        connection that sent the calls, after them (a Function cannot wait inside itself), and
-        answers how many replicas have them. Returns how many WAITs were added."""
-        if not self.wait_replicas:
-            return 0
-        if not isinstance(self.client, _Cluster):
-            pipe.execute_command("WAIT", self.wait_replicas, WAIT_MS)
-            return 1
-        primaries = {}
-        for _, keys, _ in calls:
-            node = self.client.get_node_from_key(keys[0])
-            if node is None:
-                raise RedisDown(f"no primary serves the slot of {keys[0]!r}")
-            primaries[node.name] = node
-        for node in primaries.values():
-            pipe.execute_command("WAIT", self.wait_replicas, WAIT_MS, target_nodes=node)
-        return len(primaries)
+    async def _send(self, calls: list[Call]) -> list[Any]:
+        groups: dict[str, list[int]] = {}
+        for i, (_, keys, _) in enumerate(calls):
+            groups.setdefault(self._primary_of(keys[0]), []).append(i)
+        answers: list[Any] = [None] * len(calls)
+
+        async def send(primary: str, indexes: list[int]) -> None:
+            commands: list[tuple[Any, ...]] = [("FCALL", fn, len(keys), *keys, *args) for fn, keys, args in (calls[i] for i in indexes)]
+            if self.wait_replicas:  # on the connection that sent the calls, after them: a Function cannot wait
+                commands.append(("WAIT", self.wait_replicas, WAIT_MS))
+            out = await _pipelined(self._pool(primary).connection_pool, commands)
+            if self.wait_replicas:
+                acked = out.pop()
+                if isinstance(acked, Exception) or acked < self.wait_replicas:
+                    raise RedisDown(f"{primary}: only {acked} of {self.wait_replicas} replicas acknowledged within {WAIT_MS} ms")
+            for i, answer in zip(indexes, out):
+                answers[i] = answer
+
+        if len(groups) == 1:
+            await send(*next(iter(groups.items())))
+        else:
+            await asyncio.gather(*(send(primary, indexes) for primary, indexes in groups.items()))
+        return answers
+
+    def _primary_of(self, key: str) -> str:
+        if not isinstance(self.client, RedisCluster):
+            return ""
+        node = self.client.nodes_manager.get_node_from_slot(self.client.keyslot(key))
+        return f"{node.host}:{node.port}"
+
+    def _pool(self, primary: str) -> aioredis.Redis:
+        if not primary:
+            assert isinstance(self.client, aioredis.Redis)
+            return self.client
+        pool = self._primaries.get(primary)
+        if pool is None:
+            host, _, port = primary.rpartition(":")
+            blocking = aioredis.BlockingConnectionPool(host=host, port=int(port), max_connections=CONNECTIONS, timeout=TIMEOUT, **self._options)
+            pool = self._primaries[primary] = aioredis.Redis.from_pool(blocking)  # closed with it
+        return pool
+
+    async def _learn_slots(self) -> None:
+        assert isinstance(self.client, RedisCluster)
+        await self.client.nodes_manager.initialize()
+        self._stale = False
 
     async def get(self, key: str) -> bytes | None:
         try:
@@ -121,7 +144,41 @@ class Redis:
             raise RedisDown(f"{type(e).__name__}: {e}") from None
 
     async def close(self) -> None:
+        for pool in self._primaries.values():
+            await pool.aclose()
         await self.client.aclose()
+
+
+def _pack(commands: list[tuple[Any, ...]]) -> bytes:
+    """The commands in RESP. redis-py's packer spends a third of a batch's CPU on its generality
+    (encoders, memoryviews, chunking); ours are arrays of str, bytes and int."""
+    out = []
+    for command in commands:
+        out.append(b"*%d\r\n" % len(command))
+        for arg in command:
+            data = arg if isinstance(arg, bytes) else str(arg).encode()
+            out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+async def _pipelined(pool: aioredis.ConnectionPool, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """The commands sent in one write on one connection, and their answers (an error reply in its
+    place). redis-py's pipeline object does the same with a third more CPU per command."""
+    connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        await connection.send_packed_command(_pack(commands))
+        answers: list[Any] = []
+        for _ in commands:
+            try:
+                answers.append(await connection.read_response())
+            except ResponseError as e:
+                answers.append(e)
+        return answers
+    except BaseException:
+        await connection.disconnect()  # a half-read connection must not serve the next batch
+        raise
+    finally:
+        await pool.release(connection)
 
 
 async def connect(url: str, wait_replicas: int = 0) -> Redis:
@@ -131,13 +188,14 @@ async def connect(url: str, wait_replicas: int = 0) -> Redis:
     # Maintenance notifications (redis-py 8's default with RESP3) are a Redis 8 handshake: against
     # 7.0 it fails on every new connection, and under a burst of them left closed transports in
     # the pool (RuntimeError on the next call). Off: a failover is followed through MOVED anyway.
+    # No socket timeout on the connections batches use: every read would arm a timer; `batch`
+    # bounds the whole batch instead (redis-py's cluster client, for the rare calls, keeps one).
     options: dict[str, Any] = {
-        "socket_timeout": TIMEOUT,
+        "socket_timeout": None,
         "socket_connect_timeout": TIMEOUT,
         "maint_notifications_config": MaintNotificationsConfig(enabled=False),
-        "max_connections": CONNECTIONS,
     }
-    probe = aioredis.Redis.from_url(url, **options)
+    probe = aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(url, max_connections=CONNECTIONS, timeout=TIMEOUT, **options))
     try:
         info = await probe.info("cluster")
     except (RedisError, OSError) as e:
@@ -145,13 +203,16 @@ async def connect(url: str, wait_replicas: int = 0) -> Redis:
         raise RedisDown(f"cannot reach Redis at {url}: {e}") from None
     if info.get("cluster_enabled"):
         await probe.aclose()
-        cluster = _Cluster.from_url(url, **options)
-        assert isinstance(cluster, _Cluster)
-        redis = Redis(cluster, clustered=True, wait_replicas=wait_replicas)
+        cluster = RedisCluster.from_url(url, **{**options, "socket_timeout": TIMEOUT})
+        redis = Redis(cluster, clustered=True, wait_replicas=wait_replicas, options=options)
     else:
-        redis = Redis(probe, clustered=False, wait_replicas=wait_replicas)
+        redis = Redis(probe, clustered=False, wait_replicas=wait_replicas, options=options)
     try:
-        await _load_library(redis)
+        async with asyncio.timeout(5 * TIMEOUT):
+            await _load_library(redis)
+    except TimeoutError:
+        await redis.close()
+        raise RedisDown(f"Redis at {url} did not answer the library check within {5 * TIMEOUT:g} s") from None
     except BaseException:
         await redis.close()
         raise

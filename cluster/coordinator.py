@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +68,8 @@ _tags_decoder = msgspec.msgpack.Decoder(list[str])
 class ClusterStats:
     contention: int = 0  # reserve rounds refused by a guard and given back (brief false refusals)
     takeovers: int = 0  # orders whose gateway died mid-way, given back or finished by another
-    round_trips: int = 0  # batches sent to Redis
+    round_trips: int = 0  # batches sent to Redis (one pipeline per primary, in parallel)
+    calls: int = 0  # Function calls in them
     expired: int = 0  # holds this gateway's sweeper counted out
 
 
@@ -93,7 +95,11 @@ class ClusterCoordinator:
 
     async def _batch(self, calls: list[Call]) -> list[Any]:
         self.stats.round_trips += 1
+        self.stats.calls += len(calls)
         return await self.redis.batch(calls)
+
+    async def _call(self, fn: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return (await self._batch([(fn, keys, args)]))[0]
 
     # -- time -----------------------------------------------------------------------------
 
@@ -104,7 +110,7 @@ class ClusterCoordinator:
         return await self._move_clock(0, None)
 
     async def _move_clock(self, advance: int, to: int | None) -> int:
-        answer = await self.redis.call("fg_clock", [CLOCK_KEY], (self.clock.now(), advance, "" if to is None else to))
+        answer = await self._call("fg_clock", [CLOCK_KEY], (self.clock.now(), advance, "" if to is None else to))
         if answer[0] != b"ok":
             raise ClockError(f"the clock cannot move backwards (now {int(answer[1])}, asked {to})")
         return int(answer[1])
@@ -166,7 +172,7 @@ class ClusterCoordinator:
                 self.stats.contention += 1
                 round_ += 1
             answers = [None, *await self._batch([("fg_read", slot_keys(r.tag), (now, *(w for w, _ in r.windows))) for r in wanted])]
-        await self.redis.call("fg_abandon", okeys, (now, oid, attempt, "1"))
+        await self._call("fg_abandon", okeys, (now, oid, attempt, "1"))
         raise _contended()
 
     async def _settle(
@@ -205,7 +211,7 @@ class ClusterCoordinator:
     async def _commit(self, order: Order, now: int, attempt: int, rid: str, tags: list[str]) -> None:
         state = order.state.value
         args = (now, order.order_id, attempt, state, _encode(order), order.expires_at or 0, rid, _encode(tags))
-        if not _ok(await self.redis.call("fg_commit", order_keys(order.order_id), args)):
+        if not _ok(await self._call("fg_commit", order_keys(order.order_id), args)):
             if rid:
                 await self._release(rid, tags, now)
             raise _taken_over(order.order_id)
@@ -226,7 +232,7 @@ class ClusterCoordinator:
         for _ in range(ROUNDS):
             now = await self.now()
             cfg = self.config
-            ledger = view(wanted, [await self.redis.call("fg_read", slot_keys(tag), (now,))], cfg)
+            ledger = view(wanted, [await self._call("fg_read", slot_keys(tag), (now,))], cfg)
             response, white = decide_claim(req, cfg, ledger)
             if response.decision is not Decision.ALLOW:
                 return response
@@ -236,7 +242,7 @@ class ClusterCoordinator:
                 counters=[(counter_key("coupon", req.coupon_id), 1, -1 if limit is None else limit)],
                 guards=[] if white else auto_guards(cfg),
             )
-            if _ok(await self.redis.call("fg_reserve", slot_keys(tag), (now, "", 0, _encode(ops.wire())))):
+            if _ok(await self._call("fg_reserve", slot_keys(tag), (now, "", 0, _encode(ops.wire())))):
                 return response
             self.stats.contention += 1
         raise _contended()
@@ -244,7 +250,7 @@ class ClusterCoordinator:
     # -- after the check ------------------------------------------------------------------
 
     async def view(self, order_id: str) -> OrderView:
-        st, blob, move, *_ = await self.redis.call("fg_order", order_keys(order_id), ())
+        st, blob, move, *_ = await self._call("fg_order", order_keys(order_id), ())
         if st is None or st == b"pending":
             raise NotFound("unknown_order", f"no order {order_id!r}")
         return order_view(_order_decoder.decode(blob), await self.now())
@@ -260,7 +266,7 @@ class ClusterCoordinator:
         deadline = asyncio.get_running_loop().time() + LEASE
         while True:
             now = await self.now()
-            answer = await self.redis.call("fg_begin_move", okeys, (now, order_id, move, now + LEASE))
+            answer = await self._call("fg_begin_move", okeys, (now, order_id, move, now + LEASE))
             verdict = answer[0].decode()
             if verdict != "busy":
                 break
@@ -302,7 +308,7 @@ class ClusterCoordinator:
             if release:
                 order.footprint = None
         order.updated_at = now
-        await self.redis.call("fg_end_move", order_keys(order.order_id), (order.order_id, order.state.value, _encode(order)))
+        await self._call("fg_end_move", order_keys(order.order_id), (order.order_id, order.state.value, _encode(order)))
         return order
 
     # -- what any gateway sweeps ------------------------------------------------------------
@@ -332,7 +338,7 @@ class ClusterCoordinator:
 
     async def _recover(self, order_id: str, now: int) -> None:
         okeys = order_keys(order_id)
-        st, blob, move, attempt, attempt_blob, rid, lease = await self.redis.call("fg_order", okeys, ())
+        st, blob, move, attempt, attempt_blob, rid, lease = await self._call("fg_order", okeys, ())
         if st == b"moving":
             await self._move(order_id, move.decode().partition(":")[0])
             return
@@ -341,7 +347,7 @@ class ClusterCoordinator:
                 return
             await self._give_back(attempt_blob or b"", now)
         self.stats.takeovers += 1
-        await self.redis.call("fg_abandon", okeys, (now, order_id, attempt or b"", "0"))
+        await self._call("fg_abandon", okeys, (now, order_id, attempt or b"", "0"))
 
     # -- admin ----------------------------------------------------------------------------
 
@@ -349,7 +355,7 @@ class ClusterCoordinator:
         await self.configs.change(record)
         user_id = pardoned(record)
         if user_id is not None:
-            await self.redis.call("fg_pardon", slot_keys(user_key(user_id)), (await self.now(),))
+            await self._call("fg_pardon", slot_keys(user_key(user_id)), (await self.now(),))
 
     async def user_ledger(self, user_id: str) -> Ledger:
         return await self.subject_ledger(user_key(user_id))
@@ -357,7 +363,7 @@ class ClusterCoordinator:
     async def subject_ledger(self, subject: SubjectKey) -> Ledger:
         """The subject's actor as Redis holds it now, with every window it holds (a window key
         ends with its length), as the single node's actor keeps them."""
-        flat, listed = await self.redis.call("fg_read", slot_keys(subject), (await self.now(), "*"))
+        flat, listed = await self._call("fg_read", slot_keys(subject), (await self.now(), "*"))
         totals = fields(listed)
         windows = tuple((w, int(w.rsplit(SEP, 1)[1])) for w in totals)
         return view([Read(subject, windows)], [(flat, list(totals.values()))], self.config)

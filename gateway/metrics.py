@@ -85,6 +85,7 @@ def _cluster(stats: ClusterStats) -> Iterator[Metric]:
         "flashguard_cluster_takeovers", "Checks, confirms and cancels of a dead gateway given back or finished here", value=stats.takeovers
     )
     yield CounterMetricFamily("flashguard_cluster_round_trips", "Batches of Function calls sent to Redis", value=stats.round_trips)
+    yield CounterMetricFamily("flashguard_cluster_calls", "Function calls sent to Redis", value=stats.calls)
     yield CounterMetricFamily("flashguard_cluster_holds_expired", "Holds this gateway's sweeper counted out at their expiry", value=stats.expired)
 
 

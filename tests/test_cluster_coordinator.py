@@ -108,3 +108,17 @@ async def test_a_risk_window_counts_across_users_and_refuses_past_its_limit(coor
     assert decisions == [Decision.ALLOW] * 3 + [Decision.DENY]
     refused = await decide(coordinator, check("o9", user="u9", discount=0))
     assert [(r.code, r.rule_id, r.limit, r.used) for r in refused.reasons] == [(Code.RISK_RULE, "R1", 3, 3)]
+
+
+async def test_an_allowed_check_costs_four_round_trips(coordinator: ClusterCoordinator) -> None:
+    # o1 is read in the three slots the rules look at (user u1, device d1, activity A1) and
+    # reserved and held in the four it changes (those and SKU S1's units), beside the order's
+    # claim, attempt and commit: 3 + 2 x 4 + 3 calls in 4 round trips. A denial stops after the
+    # read and its commit. The manual clock adds a read of the clock.
+    before = coordinator.stats.round_trips, coordinator.stats.calls
+    await decide(coordinator, check("o1"))
+    assert (coordinator.stats.round_trips - before[0], coordinator.stats.calls - before[1]) == (4 + 1, 3 + 2 * 4 + 3 + 1)
+    before = coordinator.stats.round_trips, coordinator.stats.calls
+    denied = await decide(coordinator, check("o2", discount=1000))  # past the budget
+    assert denied.decision is Decision.DENY
+    assert (coordinator.stats.round_trips - before[0], coordinator.stats.calls - before[1]) == (2 + 1, 3 + 2 + 1)
