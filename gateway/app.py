@@ -44,6 +44,8 @@ DEFAULT_MAX_INFLIGHT = 1024
 
 
 def _error(request: web.Request, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    if status >= 500:  # a check answered 503 is in no decision count: count it here
+        request.app[STATS].failures[code] += 1
     return respond(request, error_body(code, message), status=status, headers=headers)
 
 

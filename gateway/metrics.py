@@ -63,6 +63,12 @@ class GatewayCollector(Collector):
             "Checks of an order already answered (checkout retries): the first answer again, not in flashguard_checks",
             value=stats.repeats,
         )
+        failures = CounterMetricFamily(
+            "flashguard_failures", "Requests answered 5xx, by error code (redis_unavailable, contention, disk_unavailable, ...)", labels=["code"]
+        )
+        for code, n in sorted(stats.failures.items()):
+            failures.add_metric([code], n)
+        yield failures
         shed = CounterMetricFamily("flashguard_shed", "Requests answered 429 (overloaded)")
         shed.add_metric([], self.app[LOAD].shed)
         yield shed

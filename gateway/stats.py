@@ -17,7 +17,7 @@ from rules.subjects import region_parts
 from domain.schema import CheckRequest, CheckResponse
 from domain.types import Decision, Reason
 
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # The refused users and addresses are heavy hitters kept in bounded counters: past TOP_CAP keys the
 # counter is cut back to its TOP_KEEP most common, so a flood of one-off ids costs bounded memory
 # (a key cut away starts again from zero; the ones that matter, repeated, stay on top).
@@ -58,6 +58,7 @@ class Stats:
     shadow: Counter[str] = field(default_factory=Counter)
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     latency_sum: float = 0.0
+    failures: Counter[str] = field(default_factory=Counter)  # 5xx answers by error code
     refused_users: Counter[str] = field(default_factory=Counter)
     refused_addresses: Counter[str] = field(default_factory=Counter)
     repeats: int = 0  # checks of an order already answered, answered again and counted nowhere else

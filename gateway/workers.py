@@ -4,8 +4,9 @@ In cluster mode a gateway holds no state of its own, so one machine can run one 
 parent binds the socket, forks the workers before any event loop or Redis connection exists, and
 then only supervises: SIGTERM or SIGINT is passed on to every worker (each stops cleanly), and a
 worker that dies (a crash, `kill -9`) is started again after `RESTART_DELAY`. A worker that
-refuses to start (exit 2 or 3: Redis unreachable, another library version) stops them all with
-its code, since its siblings would refuse too. The kernel spreads connections over the workers,
+refuses its first start (exit 2 or 3: Redis unreachable, another library version) stops them all
+with its code, since its siblings would refuse too; a restarted one that refuses (Redis went away
+meanwhile) is tried again, so one crash during an outage does not take the box down. The kernel spreads connections over the workers,
 which accept from the one shared socket.
 """
 
@@ -51,6 +52,7 @@ def supervise(workers: int, sock: socket.socket, run: Callable[[socket.socket, i
             os.kill(pid, signal.SIGTERM)
 
     running: dict[int, int] = {}  # pid -> worker index
+    restarted: set[int] = set()  # a refused restart (Redis down meanwhile) is tried again, not fatal
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     for index in range(workers):
@@ -65,7 +67,7 @@ def supervise(workers: int, sock: socket.socket, run: Callable[[socket.socket, i
         exit_code = os.waitstatus_to_exitcode(status)
         if stopping:
             continue
-        if exit_code in REFUSED:
+        if exit_code in REFUSED and index not in restarted:
             log.error("worker %d could not start (exit %d); stopping the others", index, exit_code)
             code = exit_code
             stop(signal.SIGTERM, None)
@@ -73,5 +75,6 @@ def supervise(workers: int, sock: socket.socket, run: Callable[[socket.socket, i
         log.error("worker %d (pid %d) ended with %s; starting it again", index, pid, exit_code)
         time.sleep(RESTART_DELAY)
         running[_fork(index, sock, run)] = index
+        restarted.add(index)
     sock.close()
     return code

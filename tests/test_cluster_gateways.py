@@ -272,6 +272,10 @@ async def test_redis_unreachable_is_503_and_the_gateway_recovers_by_itself(tmp_p
         assert answer[1]["decision"] == "allow"
         assert (await gw.ok("GET", "/v1/admin/activities/A1"))["held"] == 200  # r-1 and r-2; nothing half-applied
         assert gw.process.poll() is None
+        async with gw.session.get(gw.base + "/metrics") as resp:
+            metrics = await resp.text()
+        failed = next(line for line in metrics.splitlines() if line.startswith('flashguard_failures_total{code="redis_unavailable"}'))
+        assert float(failed.split()[-1]) >= 3  # the check, the admin read and /healthz at least
     finally:
         server.stop()
 
