@@ -46,7 +46,7 @@ from cluster.partition import (
 from rules.changes import pardoned
 from domain.clock import Clock, ClockError
 from domain.config import Config
-from rules.decide import Verdict, claim_subjects, decide, decide_claim, decode_response, order_view
+from rules.decide import Verdict, decide, decide_claim, decode_response, order_view
 from domain.errors import Conflict, Gone, NotFound, Unavailable
 from domain.schema import CheckRequest, CheckResponse, ClaimRequest, OrderView
 from rules.subjects import order_subjects, user_key

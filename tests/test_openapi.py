@@ -19,7 +19,6 @@ from typing import Any
 import hypothesis
 import msgpack
 import msgspec
-import pytest
 import requests
 import schemathesis
 from aiohttp import web
