@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,7 @@ log = logging.getLogger("flashguard.cluster")
 
 LEASE = 10  # seconds an attempt (a check, a confirm, a cancel) may take before another takes it over
 ROUNDS = 5  # reserve rounds before a check under contention gives up with 503
+SWEEP_BUCKETS = 8  # order buckets a sweep round visits: a full round every BUCKETS / 8 sweeps
 BUSY_POLL = 0.005  # seconds between looks at an order another gateway is deciding
 
 _encode = msgspec.msgpack.encode
@@ -88,6 +90,7 @@ class ClusterCoordinator:
         self.clock = clock
         self.manual_clock = manual_clock
         self.stats = ClusterStats()
+        self._sweep_from = random.randrange(BUCKETS)
 
     @property
     def config(self) -> Config:
@@ -315,11 +318,16 @@ class ClusterCoordinator:
 
     async def sweep(self) -> int:
         """Give back or finish the orders whose gateway died mid-way, and count out the holds that
-        ran out (with a system clock); returns how many orders were recovered."""
+        ran out (with a system clock), in the next `SWEEP_BUCKETS` order buckets: every gateway
+        goes round all of them in BUCKETS / SWEEP_BUCKETS rounds, from its own starting point, so
+        the sweepers of a large fleet do not each call every bucket every second. Returns how many
+        orders were recovered."""
         now = await self.now()
+        start, self._sweep_from = self._sweep_from, (self._sweep_from + SWEEP_BUCKETS) % BUCKETS
+        buckets = [(start + i) % BUCKETS for i in range(SWEEP_BUCKETS)]
         if not self.manual_clock:
-            self.stats.expired += await self.expire_holds(now)
-        stale = await self._batch([("fg_stale", [inflight_key(b)], (now, 100)) for b in range(BUCKETS)])
+            self.stats.expired += await self.expire_holds(now, buckets)
+        stale = await self._batch([("fg_stale", [inflight_key(b)], (now, 100)) for b in buckets])
         done = 0
         for oids in stale:
             for raw in oids:
@@ -327,10 +335,10 @@ class ClusterCoordinator:
                 done += 1
         return done
 
-    async def expire_holds(self, now: int) -> int:
-        """Holds that ran out by `now`, each counted by one gateway (their quotas are back already:
-        every slot ends its own holds at their time)."""
-        return sum(await self._batch([("fg_expire", [holds_key(b)], (now,)) for b in range(BUCKETS)]))
+    async def expire_holds(self, now: int, buckets: Sequence[int] = range(BUCKETS)) -> int:
+        """Holds of `buckets` that ran out by `now`, each counted by one gateway (their quotas are
+        back already: every slot ends its own holds at their time)."""
+        return sum(await self._batch([("fg_expire", [holds_key(b)], (now,)) for b in buckets]))
 
     async def live_holds(self) -> int:
         now = await self.now()
