@@ -1,9 +1,11 @@
 """Cluster mode under the flash-sale load: 1, 2 and 4 gateways on a local Redis Cluster, beside the single node.
 
 Each row starts from fresh state: the single node (`flashguard serve` without --redis); for each
-`--gateways` count a new Redis Cluster (3 primaries + 3 replicas on loopback, appendonly yes,
-appendfsync everysec, `redis-cli --cluster create --cluster-replicas 1`) with that many gateways;
-then 1 gateway with `--redis-wait-replicas 1`. Load: a closed loop of `--concurrency` checks in
+`--primaries` count (1 and 3) and each `--gateways` count (1, 2, 4) a new Redis Cluster on loopback
+(appendonly yes, appendfsync everysec, `--replicas` 1 per primary: 3 primaries by `redis-cli
+--cluster create --cluster-replicas 1`, 1 primary holding all 16384 slots by `CLUSTER
+ADDSLOTSRANGE 0 16383` with its replica attached by `CLUSTER MEET` + `CLUSTER REPLICATE`) with
+that many gateways; then 1 gateway with `--redis-wait-replicas 1` on 3+3. Load: a closed loop of `--concurrency` checks in
 flight (`bench.scenario` orders asking `on_refusal = degrade`), round-robin over the gateways (one
 keep-alive pool each), `--warmup` s then `--seconds` s measured. A1's budget runs out mid-row.
 The audit then reads back every order whose check got no 200, recomputes from the orders held at
@@ -11,6 +13,12 @@ the end each user's quantity under A1 (`user_limit`), under A1 per SKU (`sku_lim
 SKU's user limit) and A1's total discount (budget), and checks that every gateway's
 `GET /v1/admin/activities/{id}` spent + held equals those orders' discounts. One JSON line per row,
 then a markdown table. Gateways, Redis nodes and load share the cores: the figures are a floor.
+
+Costs per check: at both ends of the measured window the bench samples each party's CPU
+(/proc/PID/stat: gateways, primaries, replicas, itself), the gateways' /metrics (flashguard_checks,
+_cluster_calls, _cluster_round_trips, _cluster_contention) and each primary's INFO commandstats
+(FCALL calls and usec); the deltas divided by the checks the gateways counted give gateway CPU-µs,
+Redis CPU-µs, Function calls and round trips per check (the input of bench/simulate.py).
 
     .venv/bin/python -m bench.cluster                     # the default run, ~3 minutes
     .venv/bin/python -m bench.cluster --gateways 1,2 --seconds 5 --no-single --no-wait-row
@@ -38,7 +46,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import msgspec
 
@@ -83,6 +91,8 @@ class Row:
     gateways: int
     redis: bool
     wait: int = 0
+    primaries: int = 3
+    replicas: int = 1  # per primary
 
 
 _BODIES: list[bytes] = []  # the check bodies, made once in main
@@ -102,11 +112,54 @@ class Tally:
         self.budget_out_at: float | None = None
         self.out_of_bodies = False
         self.cpu: dict[str, float] = {}
+        self.window: list[Sample] = []  # at the start and at the end of the measured window
 
 
-async def closed_loop(ports: list[int], concurrency: int, warmup: float, seconds: float) -> Tally:
+_METRIC = re.compile(rb"^(flashguard_checks|flashguard_cluster_round_trips|flashguard_cluster_calls|flashguard_cluster_contention)"
+                     rb"_total(?:\{[^}]*\})? ([0-9.e+]+)$", re.M)
+
+
+@dataclass(slots=True)
+class Sample:
+    """What every party had used and counted at one moment: CPU seconds by group (gateways,
+    primaries, replicas, load: this process, busy: the whole machine), the gateways' counters
+    summed (checks, round trips, calls, contention rounds) and each primary's FCALLs (calls, usec)."""
+
+    t: float
+    cpu: dict[str, float]
+    metrics: dict[str, float]
+    fcall: dict[int, tuple[float, float]]
+
+
+async def _redis_info(port: int, section: str) -> str:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        writer.write(f"INFO {section}\r\n".encode())
+        await writer.drain()
+        head = await reader.readline()
+        return (await reader.readexactly(int(head[1:]) + 2)).decode()
+    finally:
+        writer.close()
+
+
+async def sample(ports: list[int], groups: dict[str, list[int]], primaries: list[int]) -> Sample:
+    metrics: dict[str, float] = defaultdict(float)
+    for _, text in await asyncio.gather(*(_get(port, "/metrics") for port in ports)):
+        for name, value in _METRIC.findall(text):
+            metrics[name.decode().removeprefix("flashguard_").removeprefix("cluster_")] += float(value)
+    cpu = {name: float(sum(map(_proc_cpu, pids))) for name, pids in groups.items()}
+    cpu["load"], cpu["busy"], t = sum(os.times()[:2]), sum(_cores_busy().values()), time.monotonic()
+    fcall = {}
+    for port in primaries:
+        m = re.search(r"^cmdstat_fcall:calls=(\d+),usec=(\d+)", await _redis_info(port, "commandstats"), re.M)
+        fcall[port] = (float(m.group(1)), float(m.group(2))) if m else (0.0, 0.0)
+    return Sample(t, cpu, dict(metrics), fcall)
+
+
+async def closed_loop(ports: list[int], concurrency: int, warmup: float, seconds: float,
+                      probe: Callable[[], Awaitable[Sample]] | None = None) -> Tally:
     """`concurrency` checks in flight, each sent as soon as the previous answer came, round-robin
-    over the gateways (one keep-alive pool each)."""
+    over the gateways (one keep-alive pool each); `probe` samples at both ends of the window."""
     clients = [RawClient(HOST, port, concurrency) for port in ports]
     for c in clients:
         await c.open(concurrency // len(clients) + 1)
@@ -145,8 +198,16 @@ async def closed_loop(ports: list[int], concurrency: int, warmup: float, seconds
                 tally.budget_out_at = round(t1 - start, 2)
         tally.out_of_bodies = True
 
+    async def window() -> None:
+        if probe is None:
+            return
+        await asyncio.sleep(max(0.0, measure_from - time.monotonic()))
+        tally.window.append(await probe())
+        await asyncio.sleep(max(0.0, end - time.monotonic()))
+        tally.window.append(await probe())
+
     try:
-        await asyncio.gather(*(slot() for _ in range(concurrency)))
+        await asyncio.gather(window(), *(slot() for _ in range(concurrency)))
     finally:
         for c in clients:
             await c.close()
@@ -171,35 +232,57 @@ def redis_cli(cli: str, port: int, *args: str) -> str:
     return got.stdout
 
 
-def start_cluster(servers: Servers, workdir: Path, redis_bin: str, cli: str) -> list[int]:
-    """6 redis-server nodes made into 3 primaries + 3 replicas; waits until every node says the
-    cluster is ok and every replica's link is up. Returns the primaries' ports."""
+def start_redis(servers: Servers, workdir: Path, redis_bin: str, cli: str, primaries: int = 3,
+                replicas: int = 1) -> dict[int, tuple[str, int]]:
+    """`primaries` x (1 + `replicas`) redis-server nodes made into a Redis Cluster; waits until
+    every node says the cluster is ok and every replica's link is up. Returns port -> (role, pid).
+    3 or more primaries: `redis-cli --cluster create`; 1 primary: it takes every slot
+    (`CLUSTER ADDSLOTSRANGE 0 16383`) and each replica meets it and replicates it."""
     ports: list[int] = []
-    while len(ports) < 6:
+    pids: dict[int, int] = {}
+    while len(ports) < primaries * (1 + replicas):
         p = random.choice(REDIS_PORTS)
         if p not in ports and _bindable(p) and _bindable(p + 10000):
             ports.append(p)
     for port in ports:
         node = workdir / f"redis-{port}"
         node.mkdir()
-        servers.spawn("redis", [redis_bin, "--port", str(port), "--bind", HOST, "--dir", str(node), "--daemonize", "no",
-                                "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--cluster-enabled", "yes",
-                                "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000",
-                                "--cluster-announce-ip", HOST], "ready to accept connections")
-    create = subprocess.run([cli, "--cluster", "create", *(f"{HOST}:{p}" for p in ports), "--cluster-replicas", "1",
-                             "--cluster-yes"], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, check=False)
-    if create.returncode != 0:
-        raise RuntimeError(f"redis-cli --cluster create failed:\n{create.stdout}\n{create.stderr}")
+        pids[port] = servers.spawn("redis", [redis_bin, "--port", str(port), "--bind", HOST, "--dir", str(node), "--daemonize", "no",
+                                             "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--cluster-enabled", "yes",
+                                             "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000",
+                                             "--cluster-announce-ip", HOST], "ready to accept connections")
+    if primaries == 1:
+        first = ports[0]
+        redis_cli(cli, first, "cluster", "addslotsrange", "0", "16383")
+        me = redis_cli(cli, first, "cluster", "myid").strip()
+        for port in ports[1:]:
+            redis_cli(cli, port, "cluster", "meet", HOST, str(first))
+        deadline = time.monotonic() + 30
+        for port in ports[1:]:
+            while "OK" not in redis_cli(cli, port, "cluster", "replicate", me):  # once it knows the primary
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis :{port} could not replicate the primary :{first}")
+                time.sleep(0.1)
+    else:
+        create = subprocess.run([cli, "--cluster", "create", *(f"{HOST}:{p}" for p in ports), "--cluster-replicas", str(replicas),
+                                 "--cluster-yes"], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, check=False)
+        if create.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed:\n{create.stdout}\n{create.stderr}")
     deadline = time.monotonic() + 30
     while True:
         roles = {p: redis_cli(cli, p, "role").split("\n", 1)[0] for p in ports}
         ok = all("cluster_state:ok" in redis_cli(cli, p, "cluster", "info") for p in ports) and all(
             "master_link_status:up" in redis_cli(cli, p, "info", "replication") for p, r in roles.items() if r == "slave")
-        if ok and list(roles.values()).count("master") == 3:
-            return [p for p, r in roles.items() if r == "master"]
+        if ok and list(roles.values()).count("master") == primaries:
+            return {p: ("primary" if r == "master" else "replica", pids[p]) for p, r in roles.items()}
         if time.monotonic() > deadline:
             raise RuntimeError(f"the Redis Cluster did not settle in 30 s (roles {roles})")
         time.sleep(0.1)
+
+
+def start_cluster(servers: Servers, workdir: Path, redis_bin: str, cli: str) -> list[int]:
+    """3 primaries + 3 replicas (bench.hotkey's cluster); returns the primaries' ports."""
+    return [p for p, (role, _) in start_redis(servers, workdir, redis_bin, cli).items() if role == "primary"]
 
 
 def start_gateways(servers: Servers, row: Row, workdir: Path, cfg: Path, token: str, primaries: list[int]) -> list[int]:
@@ -292,30 +375,46 @@ async def audit(ports: list[int], token: str, cfg: dict[str, Any], tally: Tally)
 
 
 async def load_and_audit(ports: list[int], args: argparse.Namespace, cfg: dict[str, Any], token: str,
-                         servers: list[Servers]) -> tuple[Tally, dict[str, Any], int]:
-    """The load, with the CPU each party used meanwhile; then the audit and the gateways' own
-    count of contention rounds (reserve rounds refused by a guard and retried)."""
-    pids = [s.pids() for s in servers]
-    cpu0, busy0, self0 = [sum(map(_proc_cpu, p)) for p in pids], sum(_cores_busy().values()), sum(os.times()[:2])
-    began = time.monotonic()
+                         servers: list[Servers], nodes: dict[int, tuple[str, int]]) -> tuple[Tally, dict[str, Any], dict[str, Any]]:
+    """The load, with the CPU each party used and the gateways' and primaries' counters sampled at
+    both ends of the measured window; then the audit. Returns the tally, the audit and the costs."""
+    groups = {"gateways": servers[0].pids(), "primaries": [pid for role, pid in nodes.values() if role == "primary"],
+              "replicas": [pid for role, pid in nodes.values() if role == "replica"]}
+    primaries = [port for port, (role, _) in nodes.items() if role == "primary"]
     gc.disable()  # a full collection would stall every check in flight
     try:
-        tally = await closed_loop(ports, args.concurrency, args.warmup, args.seconds)
+        tally = await closed_loop(ports, args.concurrency, args.warmup, args.seconds, lambda: sample(ports, groups, primaries))
     finally:
         gc.enable()
-    elapsed = time.monotonic() - began
-    used = [(sum(map(_proc_cpu, p)) - c) / elapsed for p, c in zip(pids, cpu0)]
-    tally.cpu = {"gateways": used[0], "redis": used[1], "load": (sum(os.times()[:2]) - self0) / elapsed}
-    tally.cpu["other"] = max(0.0, (sum(_cores_busy().values()) - busy0) / elapsed - sum(tally.cpu.values()))
+    costs = per_check(*tally.window)
+    tally.cpu = costs.pop("cores")
     dead = [d for s in servers for d in s.dead()]
     if dead:
-        return tally, {"clean": False, "problems": dead}, 0
-    result = await audit(ports, token, cfg, tally)
-    rounds = 0
-    for port in ports:
-        m = re.search(rb"^flashguard_cluster_contention\S* ([0-9.e+]+)$", (await _get(port, "/metrics"))[1], re.M)
-        rounds += int(float(m.group(1))) if m else 0
-    return tally, result, rounds
+        return tally, {"clean": False, "problems": dead}, costs
+    return tally, await audit(ports, token, cfg, tally), costs
+
+
+def per_check(s0: Sample, s1: Sample) -> dict[str, Any]:
+    """From two samples: cores used by each party, and per check (the gateways' own count) the CPU
+    each side used, the calls and round trips, and the primaries' FCALL time and busiest share."""
+    dt = s1.t - s0.t
+    used = {k: s1.cpu[k] - s0.cpu[k] for k in s1.cpu}
+    d = {k: s1.metrics.get(k, 0.0) - s0.metrics.get(k, 0.0) for k in ("checks", "round_trips", "calls", "contention")}
+    calls = {p: s1.fcall[p][0] - s0.fcall[p][0] for p in s1.fcall}
+    usec = sum(s1.fcall[p][1] - s0.fcall[p][1] for p in s1.fcall)
+    n = max(d["checks"], 1.0)
+    cores = {k: round(used[k] / dt, 2) for k in ("gateways", "primaries", "replicas", "load")}
+    cores["redis"] = round(cores["primaries"] + cores["replicas"], 2)
+    cores["other"] = round(max(0.0, used["busy"] / dt - sum(cores[k] for k in ("gateways", "redis", "load"))), 2)
+    total_calls = sum(calls.values())
+    return {"cores": cores, "window_s": round(dt, 2), "gateway_checks": int(d["checks"]), "contention_rounds": int(d["contention"]),
+            "gateway_us_per_check": round(used["gateways"] / n * 1e6), "primaries_us_per_check": round(used["primaries"] / n * 1e6),
+            "replicas_us_per_check": round(used["replicas"] / n * 1e6), "load_us_per_check": round(used["load"] / n * 1e6),
+            "redis_us_per_check": round((used["primaries"] + used["replicas"]) / n * 1e6),
+            "calls_per_check": round(d["calls"] / n, 2), "round_trips_per_check": round(d["round_trips"] / n, 2),
+            "fcalls_per_check": round(total_calls / n, 2), "fcall_usec_per_call": round(usec / total_calls, 1) if total_calls else None,
+            "primary_us_per_call": round(used["primaries"] / total_calls * 1e6, 1) if total_calls else None,
+            "busiest_primary_share": round(max(calls.values()) / total_calls, 3) if total_calls else None}
 
 
 def run_row(row: Row, args: argparse.Namespace, cfg: dict[str, Any], token: str, tools: tuple[str, str] | None,
@@ -326,26 +425,28 @@ def run_row(row: Row, args: argparse.Namespace, cfg: dict[str, Any], token: str,
     cfg_path.write_text(json.dumps(cfg))
     gateways, redis = Servers(rowdir, None), Servers(rowdir, None)
     try:
-        primaries: list[int] = []
+        nodes: dict[int, tuple[str, int]] = {}
         if row.redis:
             assert tools is not None
             began = time.monotonic()
-            primaries = start_cluster(redis, rowdir, *tools)
-            log(f"{row.name}: Redis Cluster up in {time.monotonic() - began:.1f} s (primaries {primaries})")
+            nodes = start_redis(redis, rowdir, *tools, primaries=row.primaries, replicas=row.replicas)
+            log(f"{row.name}: Redis Cluster up in {time.monotonic() - began:.1f} s ({row.primaries}+{row.primaries * row.replicas})")
+        primaries = [port for port, (role, _) in nodes.items() if role == "primary"]
         ports = start_gateways(gateways, row, rowdir, cfg_path, token, primaries)
         log(f"{row.name}: {args.concurrency} in flight for {args.warmup:g}+{args.seconds:g} s")
-        tally, result, rounds = _run(load_and_audit(ports, args, cfg, token, [gateways, redis]))
+        tally, result, costs = _run(load_and_audit(ports, args, cfg, token, [gateways, redis], nodes))
     finally:
         gateways.stop()
         redis.stop()
     hist, errors = tally.hist, tally.errors
     ms = {f"p{str(q).replace('.', '')}_ms": round(hist.get_value_at_percentile(q) / 1000, 2) for q in (50, 99, 99.9)}
-    return {"row": row.name, "gateways": row.gateways, "redis": row.redis, "wait_replicas": row.wait,
+    return {"row": row.name, "gateways": row.gateways, "redis": row.redis, "primaries": row.primaries if row.redis else 0,
+            "replicas": row.replicas if row.redis else 0, "wait_replicas": row.wait, "concurrency": args.concurrency,
             "checks_per_s": round(tally.done / args.seconds), **ms, "max_ms": round(hist.get_max_value() / 1000, 2),
             "decisions": dict(tally.decisions), "reasons": dict(tally.reasons.most_common()),
             "contention_503": errors.get("503 contention", 0), "shed_429": sum(v for k, v in errors.items() if k.startswith("429")),
-            "errors": dict(errors), "contention_rounds": rounds, "budget_out_at_s": tally.budget_out_at,
-            "out_of_bodies": tally.out_of_bodies, "cpu_cores": {k: round(v, 2) for k, v in tally.cpu.items()}, "audit": result}
+            "errors": dict(errors), "budget_out_at_s": tally.budget_out_at, "out_of_bodies": tally.out_of_bodies,
+            "cpu_cores": tally.cpu, **costs, "audit": result}
 
 
 def machine(redis_bin: str | None) -> str:
@@ -357,25 +458,31 @@ def machine(redis_bin: str | None) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    out = ["| configuration | checks/s | p50 ms | p99 ms | p99.9 ms | allow / degrade / deny | 503 contention | other errors | "
-           "CPU cores: gateways / Redis / load / other | audit |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    out = ["| configuration | checks/s | p50 ms | p99 ms | allow / degrade / deny | 503 contention | other errors | "
+           "CPU cores: gateways / Redis / load / other | gateway CPU-µs per check | Redis CPU-µs per check (primaries + replicas) | "
+           "calls / round trips per check | audit |",
+           "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|"]
     for r in rows:
         d = r["decisions"]
         other = sum(r["errors"].values()) - r["contention_503"]
         a = r["audit"]
         verdict = "clean" if a["clean"] else "**FAILED**: " + "; ".join((a.get("passed", []) + a.get("problems", []))[:3])
         cpu = r["cpu_cores"]
-        out.append(f"| {r['row']} | {r['checks_per_s']:,} | {r['p50_ms']} | {r['p99_ms']} | {r['p999_ms']} | "
+        redis = (f"{r['redis_us_per_check']:,} ({r['primaries_us_per_check']:,} + {r['replicas_us_per_check']:,})" if r["redis"] else "–")
+        calls = f"{r['calls_per_check']} / {r['round_trips_per_check']}" if r["redis"] else "–"
+        out.append(f"| {r['row']} | {r['checks_per_s']:,} | {r['p50_ms']} | {r['p99_ms']} | "
                    f"{d.get('allow', 0):,} / {d.get('degrade', 0):,} / {d.get('deny', 0):,} | {r['contention_503']:,} | {other:,} | "
-                   f"{cpu['gateways']} / {cpu['redis']} / {cpu['load']} / {cpu['other']} | {verdict} |")
+                   f"{cpu['gateways']} / {cpu['redis']} / {cpu['load']} / {cpu['other']} | {r['gateway_us_per_check']:,} | {redis} | "
+                   f"{calls} | {verdict} |")
     return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gateways", default="1,2,4", help="gateway counts of the cluster rows")
-    p.add_argument("--seconds", type=float, default=12.0, help="measured seconds per row")
+    p.add_argument("--primaries", default="1,3", help="Redis primary counts of the cluster rows (1, or 3 and more)")
+    p.add_argument("--replicas", type=int, default=1, help="replicas per primary")
+    p.add_argument("--seconds", type=float, default=10.0, help="measured seconds per row")
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--concurrency", type=int, default=64, help="checks in flight over all gateways")
     p.add_argument("--users", type=int, default=100_000)
@@ -388,10 +495,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-wait-row", action="store_true", help="skip the --redis-wait-replicas 1 row")
     args = p.parse_args(argv)
     counts = [int(x) for x in args.gateways.split(",") if x.strip()]
-    rows = ([] if args.no_single else [Row("single node", 1, False)]) + [Row(f"cluster, {n} gateway{'s' if n > 1 else ''}", n, True)
-                                                                         for n in counts]
+    shards = [int(x) for x in args.primaries.split(",") if x.strip()]
+    if any(n == 2 for n in shards):
+        p.error("--primaries: 1, or 3 and more (redis-cli --cluster create wants 3)")
+    rows = [] if args.no_single else [Row("single node", 1, False)]
+    rows += [Row(f"{m}+{m * args.replicas} Redis, {n} gateway{'s' if n > 1 else ''}", n, True, 0, m, args.replicas)
+             for m in shards for n in counts]
     if not args.no_wait_row:
-        rows.append(Row("cluster, 1 gateway, --redis-wait-replicas 1", 1, True, 1))
+        rows.append(Row(f"3+{3 * max(args.replicas, 1)} Redis, 1 gateway, --redis-wait-replicas 1", 1, True, 1, 3, max(args.replicas, 1)))
     redis_bin, cli = shutil.which("redis-server"), shutil.which("redis-cli")
     if any(r.redis for r in rows) and (redis_bin is None or cli is None):
         p.error("redis-server and redis-cli must be on PATH (Debian: apt-get install redis-server)")
@@ -427,6 +538,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             a = r["audit"]
             log(f"{row.name}: {r['checks_per_s']:,} checks/s, p99 {r['p99_ms']} ms, 503 contention {r['contention_503']}, "
+                f"gateway {r['gateway_us_per_check']} us/check, Redis {r['redis_us_per_check']} us/check, "
+                f"{r['calls_per_check']} calls / {r['round_trips_per_check']} round trips per check, "
                 f"audit {'clean' if a['clean'] else 'FAILED ' + str(a.get('passed', [])[:5] + a.get('problems', [])[:5])}")
             results.append(r)
             print(json.dumps(r), flush=True)
