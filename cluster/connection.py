@@ -12,7 +12,6 @@ fails closed, and the caller retries once Redis is back (the client reconnects b
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from redis.maint_notifications import MaintNotificationsConfig
 LIBRARY = (Path(__file__).parent / "flashguard.lua").read_text()
 LIBRARY_NAME = "flashguard"
 TIMEOUT = 2.0  # seconds for one call: past it, Redis counts as unreachable for this request
+WHERE_CACHE = 1 << 17  # keys whose primary is remembered (cleared when full)
 CONNECTIONS = 80  # per primary: a batch holds one while it runs, and waits for one when all are busy
 WAIT_MS = 1000  # how long a write waits for its replicas with --redis-wait-replicas
 
@@ -59,6 +59,7 @@ class Redis:
         self._connection_class, self._connection_kwargs = like.connection_class, like.connection_kwargs
         self._primaries: dict[str, _Pool] = {}  # "host:port" ("" for a single Redis) -> its connections
         self._stale = False  # a call failed: learn the slots again before the next batch
+        self._where: dict[str, str] = {}  # key -> its primary, see `_primary_of`
 
     async def call(self, fn: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return (await self.batch([(fn, keys, args)]))[0]
@@ -112,10 +113,17 @@ class Redis:
         return answers
 
     def _primary_of(self, key: str) -> str:
-        if not isinstance(self.client, RedisCluster):
-            return ""
-        node = self.client.nodes_manager.get_node_from_slot(_slot(key))
-        return f"{node.host}:{node.port}"
+        """The "host:port" of the primary serving `key` ("" for a single Redis), remembered until
+        the slots are learnt again: an actor's keys come back check after check."""
+        primary = self._where.get(key)
+        if primary is None:
+            if not isinstance(self.client, RedisCluster):
+                return ""
+            if len(self._where) >= WHERE_CACHE:
+                self._where.clear()
+            node = self.client.nodes_manager.get_node_from_slot(int(key_slot(key.encode())))
+            primary = self._where[key] = f"{node.host}:{node.port}"
+        return primary
 
     def _pool(self, primary: str) -> _Pool:
         pool = self._primaries.get(primary)
@@ -130,6 +138,7 @@ class Redis:
     async def _learn_slots(self) -> None:
         assert isinstance(self.client, RedisCluster)
         await self.client.nodes_manager.initialize()
+        self._where.clear()
         self._stale = False
 
     async def get(self, key: str) -> bytes | None:
@@ -156,12 +165,6 @@ class Redis:
 def _pack(commands: list[tuple[Any, ...]]) -> bytes:
     """The commands in RESP, by hiredis's C packer (redis-py's own costs a third of a batch's CPU)."""
     return b"".join(map(hiredis.pack_command, commands))
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _slot(key: str) -> int:
-    """A key's cluster slot; an actor's keys come back check after check."""
-    return int(key_slot(key.encode()))
 
 
 class _Pool:

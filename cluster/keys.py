@@ -9,6 +9,7 @@ beside the bucket's set of orders in flight, which the sweeper walks, and its se
 
 from __future__ import annotations
 
+import functools
 import zlib
 
 from domain.types import SEP
@@ -22,6 +23,7 @@ SLOT_PARTS = ("c", "w", "wz", "r", "d")
 SlotKeys = tuple[str, str, str, str, str]
 
 
+@functools.lru_cache(maxsize=1 << 16)  # an actor's keys come back check after check
 def slot_keys(tag: str) -> SlotKeys:
     """The five keys of one actor. A tag holding '}' still works: every key of the actor cuts its
     tag at the same place, so all five stay in one slot."""
