@@ -193,6 +193,7 @@ class _Pool:
                         answers.append(e)
             except BaseException:
                 await connection.disconnect()  # a half-read connection must not serve another batch
+                await self.close()  # and the idle ones are likely as dead (Redis restarted, a failover)
                 raise
             self._idle.append(connection)
             return answers
