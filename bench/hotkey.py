@@ -49,7 +49,7 @@ AMOUNTS = (70, 110, 150)
 def config(budget: int, buckets: int) -> dict[str, Any]:
     return {
         "settings": {"hold_ttl": "15m", "locale": "en"},
-        "skus": [{"sku_id": "S1", "spu_id": "P1", "cost_price": 100, "original_price": 1000, "buckets": buckets}],
+        "skus": [{"sku_id": "S1", "spu_id": "P1", "cost_price": 100, "original_price": 1000}],
         "activities": [{"activity_id": "A1", "budget": budget, "buckets": buckets}],
     }
 

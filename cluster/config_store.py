@@ -16,6 +16,7 @@ import msgspec
 from actors.ledger import Ledger
 from cluster.connection import Redis, RedisDown
 from cluster.keys import CONFIG_KEYS
+from cluster.partition import buckets
 from rules.changes import apply_change
 from domain.config import Config
 from domain.document import ConfigError, build_config
@@ -91,13 +92,26 @@ class ConfigStore:
 
 
 def _keep_buckets(old: Config, new: Config) -> None:
-    """An activity's budget counters live in its buckets' slots: another number of buckets would
-    strand what they hold (and let the budget be passed), so it is fixed while the activity exists."""
-    errors = [
-        f"activities.{aid}.buckets: cannot change from {old.activities[aid].buckets} to {activity.buckets} while the activity "
-        "exists (its budget counters live in those buckets); give the new split to a new activity"
-        for aid, activity in new.activities.items()
-        if aid in old.activities and activity.buckets != old.activities[aid].buckets
-    ]
+    """A split activity's counters live in its buckets' slots, each guarded by its part of the
+    budget. Another number of buckets (budget set or dropped included) would strand what they hold
+    and let the budget be passed; a lower budget would shrink every part while some buckets have
+    already used more than their new one. Both are refused while the activity exists. (A higher
+    budget is safe: no part shrinks.)"""
+    errors = []
+    for aid, activity in new.activities.items():
+        before = old.activities.get(aid)
+        if before is None:
+            continue
+        if buckets(activity) != buckets(before):
+            errors.append(
+                f"activities.{aid}.buckets: cannot go from {buckets(before)} to {buckets(activity)} split budget slots while the "
+                "activity exists (its counters live in those slots); give the new split to a new activity"
+            )
+        elif buckets(activity) > 1 and (activity.budget or 0) < (before.budget or 0):
+            errors.append(
+                f"activities.{aid}.budget: a budget split over {buckets(activity)} buckets cannot be lowered (from {before.budget} "
+                f"to {activity.budget}): some buckets may already hold more than their new part; end the activity (ends_at) "
+                "and go on with a new one"
+            )
     if errors:
         raise ConfigError(errors)

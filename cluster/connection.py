@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.crc import key_slot
-from redis.exceptions import MovedError, RedisError, ResponseError
+from redis.exceptions import ConnectionError, MovedError, RedisError, ResponseError
 from redis.maint_notifications import MaintNotificationsConfig
 
 LIBRARY = (Path(__file__).parent / "flashguard.lua").read_text()
@@ -191,9 +191,10 @@ class _Pool:
                         answers.append(await connection.read_response())
                     except ResponseError as e:
                         answers.append(e)
-            except BaseException:
+            except BaseException as e:
                 await connection.disconnect()  # a half-read connection must not serve another batch
-                await self.close()  # and the idle ones are likely as dead (Redis restarted, a failover)
+                if isinstance(e, (OSError, ConnectionError)):
+                    await self.close()  # the idle ones are likely as dead (Redis restarted, a failover)
                 raise
             self._idle.append(connection)
             return answers

@@ -48,7 +48,7 @@ from rules.changes import pardoned
 from domain.clock import Clock, ClockError
 from domain.config import Config
 from rules.decide import Verdict, decide, decide_claim, decode_response, order_view
-from domain.errors import Conflict, Gone, NotFound, Unavailable
+from domain.errors import ApiError, Conflict, Gone, NotFound, Unavailable
 from domain.schema import CheckRequest, CheckResponse, ClaimRequest, OrderView
 from rules.subjects import order_subjects, user_key
 from domain.types import SEP, Decision, OrderState, Record, SubjectKey, counter_key
@@ -138,22 +138,24 @@ class ClusterCoordinator:
         activities = order_activities(req)
         wanted = reads(cfg, subj, activities, oid)
         deadline = asyncio.get_running_loop().time() + LEASE
-        while True:
-            now = await self.now()
-            read_calls: list[Call] = [("fg_read", slot_keys(r.tag), (now, *(w for w, _ in r.windows))) for r in wanted]
-            answers = await self._batch([("fg_begin", okeys, (now, oid, digest, now + LEASE)), *read_calls])
-            begin = answers[0]
-            if begin[0] == b"done":
-                if begin[1] != digest:
-                    raise Conflict("order_id_reused", f"order {oid!r} was already checked with a different body")
-                return decode_response(_order_decoder.decode(begin[2]).response), True
-            if begin[0] != b"busy":
-                break
+        now = await self.now()
+        answers = await self._batch([("fg_begin", okeys, (now, oid, digest, now + LEASE)), *_read_calls(wanted, now)])
+        begin = answers[0]
+        while begin[0] == b"busy":  # another gateway decides it: ask for the order alone until it answers
             if begin[1] != digest:
                 raise Conflict("order_id_reused", f"order {oid!r} is being checked with a different body")
             if asyncio.get_running_loop().time() > deadline:
                 raise Unavailable("order_in_flight", f"order {oid!r} is still being decided elsewhere; retry", {"Retry-After": "1"})
             await asyncio.sleep(BUSY_POLL)
+            now = await self.now()
+            begin = await self._call("fg_begin", okeys, (now, oid, digest, now + LEASE))
+            answers = []
+        if begin[0] == b"done":
+            if begin[1] != digest:
+                raise Conflict("order_id_reused", f"order {oid!r} was already checked with a different body")
+            return decode_response(_order_decoder.decode(begin[2]).response), True
+        if not answers:  # claimed after a wait: read now
+            answers = [begin, *await self._batch(_read_calls(wanted, now))]
         attempt = int(begin[1])
         if begin[0] == b"takeover":
             self.stats.takeovers += 1
@@ -174,7 +176,7 @@ class ClusterCoordinator:
                     return response, False
                 self.stats.contention += 1
                 round_ += 1
-            answers = [None, *await self._batch([("fg_read", slot_keys(r.tag), (now, *(w for w, _ in r.windows))) for r in wanted])]
+            answers = [None, *await self._batch(_read_calls(wanted, now))]
         await self._call("fg_abandon", okeys, (now, oid, attempt, "1"))
         raise _contended()
 
@@ -331,7 +333,10 @@ class ClusterCoordinator:
         done = 0
         for oids in stale:
             for raw in oids:
-                await self._recover(raw.decode(), now)
+                try:
+                    await self._recover(raw.decode(), now)
+                except ApiError as e:  # its move ended otherwise (expired, taken by another): next one
+                    log.info("sweep: order %s: %s", raw.decode(), e.message)
                 done += 1
         return done
 
@@ -347,13 +352,15 @@ class ClusterCoordinator:
     async def _recover(self, order_id: str, now: int) -> None:
         okeys = order_keys(order_id)
         st, blob, move, attempt, attempt_blob, rid, lease = await self._call("fg_order", okeys, ())
+        if st is None:  # gone: drop its entry from the bucket's set of orders in flight
+            await self._call("fg_abandon", okeys, (now, order_id, b"", "0"))
+            return
+        if st not in (b"moving", b"pending") or int(lease or 0) > now:
+            return  # finished meanwhile, or its gateway is still on it
         if st == b"moving":
             await self._move(order_id, move.decode().partition(":")[0])
             return
-        if st == b"pending":
-            if int(lease or 0) > now:
-                return
-            await self._give_back(attempt_blob or b"", now)
+        await self._give_back(attempt_blob or b"", now)
         self.stats.takeovers += 1
         await self._call("fg_abandon", okeys, (now, order_id, attempt or b"", "0"))
 
@@ -382,6 +389,10 @@ class ClusterCoordinator:
         wanted = [Read(activity_tag(a, b)) for a in activity_ids for b in range(buckets(cfg.activities.get(a)))]
         now = await self.now()
         return view(wanted, await self._batch([("fg_read", slot_keys(r.tag), (now,)) for r in wanted]), cfg)
+
+
+def _read_calls(wanted: list[Read], now: int) -> list[Call]:
+    return [("fg_read", slot_keys(r.tag), (now, *(w for w, _ in r.windows))) for r in wanted]
 
 
 def _taken_over(order_id: str) -> Unavailable:

@@ -2,7 +2,7 @@
 
 The unit of atomicity in Redis Cluster is one slot: a Function may touch only keys of one slot. So
 every actor's keys share one hash tag (its actor key: a subject key such as 'user\\x1fu1', or
-'act\\x1fA1', 'sku\\x1fS1'), and one call applies everything an order does to that actor. An
+'act\\x1fA1'), and one call applies everything an order does to that actor. An
 order's record sits in one of `BUCKETS` bucket slots (by a hash of its id, never of user input)
 beside the bucket's set of orders in flight, which the sweeper walks, and its set of holds by expiry.
 """
@@ -38,10 +38,6 @@ BUCKET_SEP = "\x1e"  # between an actor's tag and its bucket: ids are printable,
 def activity_tag(activity_id: str, bucket: int = 0) -> str:
     """An activity's budget, or bucket `bucket` of it (a hot activity's budget split over slots)."""
     return "act" + SEP + activity_id + (f"{BUCKET_SEP}{bucket}" if bucket else "")
-
-
-def sku_tag(sku_id: str, bucket: int = 0) -> str:
-    return "sku" + SEP + sku_id + (f"{BUCKET_SEP}{bucket}" if bucket else "")
 
 
 def home_bucket(order_id: str, buckets: int) -> int:

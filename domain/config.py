@@ -63,7 +63,6 @@ class Sku(Entry):
     original_price: Money | None = None
     price_fuse: PriceFuse | None = None
     limits: Limits = msgspec.field(default_factory=Limits)
-    buckets: Buckets = 1  # cluster mode: the SKU's unit counters spread over this many slots (a hot SKU)
 
     def __post_init__(self) -> None:
         if self.price_fuse is not None and self.fuse_base is None:

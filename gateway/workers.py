@@ -30,6 +30,7 @@ def _fork(index: int, sock: socket.socket, run: Callable[[socket.socket, int], i
     if pid == 0:  # the worker: its own signal handling and event loop, then out without the parent's cleanup
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGINT))
         code = 1
         try:
             code = run(sock, index)
@@ -53,10 +54,19 @@ def supervise(workers: int, sock: socket.socket, run: Callable[[socket.socket, i
 
     running: dict[int, int] = {}  # pid -> worker index
     restarted: set[int] = set()  # a refused restart (Redis down meanwhile) is tried again, not fatal
+    def start(index: int) -> None:
+        """Fork and register with the stop signals held back: one arriving between the two would
+        miss the new worker, and the parent would wait for it for ever."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT))
+        try:
+            running[_fork(index, sock, run)] = index
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGINT))
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     for index in range(workers):
-        running[_fork(index, sock, run)] = index
+        start(index)
     code = 0
     while running:
         try:
@@ -74,7 +84,8 @@ def supervise(workers: int, sock: socket.socket, run: Callable[[socket.socket, i
             continue
         log.error("worker %d (pid %d) ended with %s; starting it again", index, pid, exit_code)
         time.sleep(RESTART_DELAY)
-        running[_fork(index, sock, run)] = index
-        restarted.add(index)
+        if not stopping:  # a stop may have come during the delay
+            start(index)
+            restarted.add(index)
     sock.close()
     return code

@@ -32,7 +32,7 @@ BUDGET = 1000
 def doc(buckets: int = 4, budget: int = BUDGET) -> dict[str, Any]:
     return {
         "settings": {"hold_ttl": "15m", "locale": "en"},
-        "skus": [{"sku_id": "S1", "spu_id": "P1", "cost_price": 100, "original_price": 1000, "buckets": 4}],
+        "skus": [{"sku_id": "S1", "spu_id": "P1", "cost_price": 100, "original_price": 1000}],
         "activities": [{"activity_id": "A1", "budget": budget, "buckets": buckets}],
     }
 
@@ -120,8 +120,19 @@ async def test_concurrent_checks_exhaust_the_budget_and_leave_less_than_one_orde
     assert BUDGET - 70 < held <= BUDGET  # less than one order's worth unsold
 
 
-async def test_the_number_of_buckets_of_a_live_activity_cannot_change(coordinator: ClusterCoordinator) -> None:
-    with pytest.raises(ConfigError, match="buckets: cannot change from 4 to 8"):
-        await coordinator.change(("put", "activities", "A1", {"activity_id": "A1", "budget": BUDGET, "buckets": 8}))
-    await coordinator.change(("put", "activities", "A2", {"activity_id": "A2", "budget": BUDGET, "buckets": 8}))
-    assert coordinator.config.activities["A2"].buckets == 8
+async def test_the_split_of_a_live_activity_cannot_change_nor_its_budget_shrink(coordinator: ClusterCoordinator) -> None:
+    def put(aid: str, **entry: Any) -> Any:
+        return coordinator.change(("put", "activities", aid, {"activity_id": aid, **entry}))
+
+    with pytest.raises(ConfigError, match="buckets: cannot go from 4 to 8"):
+        await put("A1", budget=BUDGET, buckets=8)
+    with pytest.raises(ConfigError, match="buckets: cannot go from 4 to 1"):
+        await put("A1", buckets=4)  # no budget: nothing to split, so one slot
+    with pytest.raises(ConfigError, match="cannot be lowered"):
+        await put("A1", budget=BUDGET - 1, buckets=4)
+    await put("A2", buckets=8)  # no budget yet: one slot, whatever it says
+    with pytest.raises(ConfigError, match="buckets: cannot go from 1 to 8"):
+        await put("A2", budget=BUDGET, buckets=8)  # a budget now would split what bucket 0 holds
+    await put("A1", budget=2 * BUDGET, buckets=4)  # a higher budget shrinks no part
+    assert coordinator.config.activities["A1"].budget == 2 * BUDGET
+    assert (await checked(coordinator, "after", 100)).decision is Decision.ALLOW

@@ -111,13 +111,12 @@ async def test_a_risk_window_counts_across_users_and_refuses_past_its_limit(coor
 
 
 async def test_an_allowed_check_costs_four_round_trips(coordinator: ClusterCoordinator) -> None:
-    # o1 is read in the three slots the rules look at (user u1, device d1, activity A1) and
-    # reserved and held in the four it changes (those and SKU S1's units), beside the order's
-    # claim, attempt and commit: 3 + 2 x 4 + 3 calls in 4 round trips. A denial stops after the
-    # read and its commit. The manual clock adds a read of the clock.
+    # o1 is read, reserved and held in the three slots the rules look at (user u1, device d1,
+    # activity A1), beside the order's claim, attempt and commit: 3 x 3 + 3 calls in 4 round
+    # trips. A denial stops after the read and its commit. The manual clock adds a read of it.
     before = coordinator.stats.round_trips, coordinator.stats.calls
     await decide(coordinator, check("o1"))
-    assert (coordinator.stats.round_trips - before[0], coordinator.stats.calls - before[1]) == (4 + 1, 3 + 2 * 4 + 3 + 1)
+    assert (coordinator.stats.round_trips - before[0], coordinator.stats.calls - before[1]) == (4 + 1, 3 * 3 + 3 + 1)
     before = coordinator.stats.round_trips, coordinator.stats.calls
     denied = await decide(coordinator, check("o2", discount=1000))  # past the budget
     assert denied.decision is Decision.DENY
