@@ -70,6 +70,19 @@ class ConfigStore:
             if not await self.refresh():  # emptied under us: Redis lost its data; never reseed silently
                 raise RedisDown("the configuration store in Redis is empty (was Redis restarted without its data?)")
 
+    async def admin_token(self, token: str) -> str:
+        """`token` as the admin token unless the stored configuration has one: compare-and-set on
+        the newest document, so of gateways starting together on an empty store exactly one's
+        token stands, and the others learn it."""
+        while True:
+            await self.refresh()
+            if self.config.settings.admin_token:
+                return self.config.settings.admin_token
+            base = build_config(self.config.to_doc(secrets=True))
+            settings = msgspec.to_builtins(base.settings)
+            if await self._set(apply_change(base, Ledger(), ("settings", {**settings, "admin_token": token})), self.version):
+                return token
+
     async def _set(self, cfg: Config, expected: int) -> bool:
         answer = await self.redis.call(
             "fg_config_set", CONFIG_KEYS, (expected, msgspec.msgpack.encode(cfg.to_doc(secrets=True)))

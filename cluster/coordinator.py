@@ -171,7 +171,7 @@ class ClusterCoordinator:
                 wanted = reads(cfg, subj, activities, oid, scan)
             else:
                 rooms = budget_rooms(wanted, answers, cfg)
-                response = await self._settle(req, verdict, rooms, digest, now, attempt, f"{oid}#{attempt}.{round_}")
+                response = await self._settle(req, cfg, verdict, rooms, digest, now, attempt, f"{oid}#{attempt}.{round_}")
                 if response is not None:
                     return response, False
                 self.stats.contention += 1
@@ -181,10 +181,17 @@ class ClusterCoordinator:
         raise _contended()
 
     async def _settle(
-        self, req: CheckRequest, verdict: Verdict, rooms: dict[str, list[tuple[int, int]]], digest: bytes, now: int, attempt: int, rid: str
+        self,
+        req: CheckRequest,
+        cfg: Config,
+        verdict: Verdict,
+        rooms: dict[str, list[tuple[int, int]]],
+        digest: bytes,
+        now: int,
+        attempt: int,
+        rid: str,
     ) -> CheckResponse | None:
-        """Make `verdict` stand; None when a guard refused (read and try again)."""
-        cfg = self.config
+        """Make `verdict` (decided under `cfg`) stand; None when a guard refused (read and try again)."""
         response = verdict.response
         okeys = order_keys(req.order_id)
         order = verdict.order(req, digest, now)
@@ -344,6 +351,10 @@ class ClusterCoordinator:
         """Holds of `buckets` that ran out by `now`, each counted by one gateway (their quotas are
         back already: every slot ends its own holds at their time)."""
         return sum(await self._batch([("fg_expire", [holds_key(b)], (now,)) for b in buckets]))
+
+    async def ping(self) -> None:
+        """One call into the configuration's slot: Redis answers, with our library."""
+        await self._call("fg_version", [CLOCK_KEY], ())
 
     async def live_holds(self) -> int:
         now = await self.now()

@@ -125,15 +125,10 @@ def view(wanted: list[Read], answers: Sequence[Any], cfg: Config) -> Ledger:
     bucketed activity read in part shows the buckets not read as used up: the rules then decide
     on the room of the buckets read, which is all the order can take from."""
     ledger = Ledger()
-    parts: dict[str, dict[int, ActivityActor]] = {}
     for read, (flat, totals) in zip(wanted, answers):
-        counts = fields(flat)
-        if read.tag.startswith("act" + SEP):
-            aid, bucket = _bucket_of(read.tag)
-            parts.setdefault(aid, {})[bucket] = activity_actor(counts)
-        else:
-            ledger.subjects[read.tag] = subject_actor(counts, read.windows, totals)
-    for aid, got in parts.items():
+        if not read.tag.startswith("act" + SEP):
+            ledger.subjects[read.tag] = subject_actor(fields(flat), read.windows, totals)
+    for aid, got in _activity_buckets(wanted, answers).items():
         activity = cfg.activities.get(aid)
         n = buckets(activity)
         unread = sum(share(activity.budget, n, b) for b in range(n) if b not in got) if activity and activity.budget else 0
@@ -145,14 +140,22 @@ def budget_rooms(wanted: list[Read], answers: Sequence[Any], cfg: Config) -> dic
     """For each bucketed activity read: (bucket, room left) of the buckets read, in reading order
     (the order's home bucket first)."""
     rooms: dict[str, list[tuple[int, int]]] = {}
+    for aid, got in _activity_buckets(wanted, answers).items():
+        activity = cfg.activities.get(aid)
+        n = buckets(activity)
+        if activity is not None and activity.budget is not None and n > 1:
+            rooms[aid] = [(b, share(activity.budget, n, b) - a.held - a.spent) for b, a in got.items()]
+    return rooms
+
+
+def _activity_buckets(wanted: list[Read], answers: Sequence[Any]) -> dict[str, dict[int, ActivityActor]]:
+    """Each activity read, by bucket, in reading order."""
+    parts: dict[str, dict[int, ActivityActor]] = {}
     for read, (flat, _) in zip(wanted, answers):
         if read.tag.startswith("act" + SEP):
             aid, bucket = _bucket_of(read.tag)
-            activity = cfg.activities.get(aid)
-            n = buckets(activity)
-            if activity is not None and activity.budget is not None and n > 1:
-                rooms.setdefault(aid, []).append((bucket, share(activity.budget, n, bucket) - fields(flat).get("used", 0)))
-    return rooms
+            parts.setdefault(aid, {})[bucket] = activity_actor(fields(flat))
+    return parts
 
 
 def partition(

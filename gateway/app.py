@@ -20,7 +20,6 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-import msgspec
 from aiohttp import web
 
 from cluster.connection import RedisDown
@@ -119,9 +118,10 @@ async def settle_token(auth: Auth, service: Service) -> None:
     auth.fixed = auth.fixed or os.environ.get("FLASHGUARD_ADMIN_TOKEN")
     if not auth.token(service.config):
         token = secrets.token_urlsafe(24)
-        settings = msgspec.to_builtins(service.config.settings)
-        await service.change(("settings", {**settings, "admin_token": token}))
-        print(f"admin token (set FLASHGUARD_ADMIN_TOKEN to choose one): {token}", flush=True)
+        if await service.admin_token(token) == token:  # another gateway's may have stood first
+            print(f"admin token (set FLASHGUARD_ADMIN_TOKEN to choose one): {token}", flush=True)
+        else:
+            log.info("admin token: the one another gateway made and printed at its start (settings.admin_token)")
     elif not auth.fixed:
         log.info("admin token: settings.admin_token of the configuration (set there, or made and printed at an earlier start)")
 

@@ -38,8 +38,7 @@ class Error(msgspec.Struct):
 
 class Health(msgspec.Struct):
     status: Literal["ok"]
-    now: int
-    holds: int  # orders held now (in cluster mode read from Redis: a 503 says Redis is unreachable)
+    now: int  # in cluster mode Redis was asked: a 503 says it cannot be reached
 
 
 class Deleted(msgspec.Struct):

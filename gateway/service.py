@@ -18,6 +18,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+import msgspec
+
 from actors.ledger import Ledger
 from cluster.connection import RedisDown
 from cluster.coordinator import ClusterCoordinator
@@ -43,9 +45,11 @@ class Service(Protocol):
 
     async def now(self) -> int: ...
 
-    async def check(self, req: CheckRequest, digest: bytes) -> tuple[CheckResponse, bool, int | None]: ...
+    async def check(self, req: CheckRequest, digest: bytes) -> tuple[CheckResponse, bool, int | None, int]:
+        """The answer, whether it repeats the first, the journal position and the time it was decided at."""
+        ...
 
-    async def claim(self, req: ClaimRequest) -> tuple[CheckResponse, int | None]: ...
+    async def claim(self, req: ClaimRequest) -> tuple[CheckResponse, int | None, int]: ...
 
     async def confirm(self, order_id: str) -> tuple[OrderView, int | None]: ...
 
@@ -66,6 +70,15 @@ class Service(Protocol):
     async def activity_ledger(self, activity_ids: list[str]) -> Ledger: ...
 
     async def live_holds(self) -> int: ...
+
+    async def ping(self) -> None:
+        """Raises when the state cannot be reached (`/healthz`)."""
+        ...
+
+    async def admin_token(self, token: str) -> str:
+        """`token` as the configuration's admin token unless it has one already; the one in force.
+        (Gateways starting together on an empty store each make one: exactly one stands.)"""
+        ...
 
     async def start(self, stats: Stats) -> list[asyncio.Task[None]]:
         """Restore or connect, then start the background tasks (returned, for `stop` to cancel)."""
@@ -103,15 +116,15 @@ class NodeService:
     async def now(self) -> int:
         return self.coordinator.clock.now()
 
-    async def check(self, req: CheckRequest, digest: bytes) -> tuple[CheckResponse, bool, int | None]:
+    async def check(self, req: CheckRequest, digest: bytes) -> tuple[CheckResponse, bool, int | None, int]:
         (response, repeated), lsn = self.decisions.journaled(self.coordinator.check, req, digest)
         await self.coordinator.journal.commit()  # a repeat too: its first answer may still be on its way to disk
-        return response, repeated, lsn
+        return response, repeated, lsn, self.coordinator.clock.now()
 
-    async def claim(self, req: ClaimRequest) -> tuple[CheckResponse, int | None]:
+    async def claim(self, req: ClaimRequest) -> tuple[CheckResponse, int | None, int]:
         response, lsn = self.decisions.journaled(self.coordinator.claim, req)
         await self.coordinator.journal.commit()
-        return response, lsn
+        return response, lsn, self.coordinator.clock.now()
 
     async def confirm(self, order_id: str) -> tuple[OrderView, int | None]:
         view, lsn = self.decisions.journaled(self.coordinator.confirm, order_id)
@@ -147,6 +160,15 @@ class NodeService:
 
     async def live_holds(self) -> int:
         return self.coordinator.held
+
+    async def ping(self) -> None:
+        return None
+
+    async def admin_token(self, token: str) -> str:
+        settings = msgspec.to_builtins(self.config.settings)
+        if not settings.get("admin_token"):
+            await self.change(("settings", {**settings, "admin_token": token}))
+        return str(self.config.settings.admin_token)
 
     async def _sweep(self) -> None:
         """Drain the expiry heap between requests (and flush the decision log)."""
@@ -193,12 +215,14 @@ class ClusterService:
     async def now(self) -> int:
         return await self.coordinator.now()
 
-    async def check(self, req: CheckRequest, digest: bytes) -> tuple[CheckResponse, bool, int | None]:
+    async def check(self, req: CheckRequest, digest: bytes) -> tuple[CheckResponse, bool, int | None, int]:
+        now = await self.coordinator.now()  # before: once the decision is committed, nothing may fail
         response, repeated = await self.coordinator.check(req, digest)
-        return response, repeated, None
+        return response, repeated, None, now
 
-    async def claim(self, req: ClaimRequest) -> tuple[CheckResponse, int | None]:
-        return await self.coordinator.claim(req), None
+    async def claim(self, req: ClaimRequest) -> tuple[CheckResponse, int | None, int]:
+        now = await self.coordinator.now()
+        return await self.coordinator.claim(req), None, now
 
     async def confirm(self, order_id: str) -> tuple[OrderView, int | None]:
         return await self.coordinator.confirm(order_id), None
@@ -223,6 +247,12 @@ class ClusterService:
 
     async def live_holds(self) -> int:
         return await self.coordinator.live_holds()
+
+    async def ping(self) -> None:
+        await self.coordinator.ping()
+
+    async def admin_token(self, token: str) -> str:
+        return await self.coordinator.configs.admin_token(token)
 
     async def _sweep(self) -> None:
         """Finish what dead gateways left, count out holds, and flush the decision log."""

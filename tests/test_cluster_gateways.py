@@ -59,12 +59,12 @@ max_quantity = 20
 class Gateway:
     """One `flashguard serve --redis` process and an HTTP session to it."""
 
-    def __init__(self, url: str, directory: Path, *flags: str) -> None:
+    def __init__(self, url: str, directory: Path, *flags: str, token: str | None = TOKEN) -> None:
         self.port = free_port()
         self.log = directory / f"gateway-{self.port}.log"
         config = directory / "config.toml"
         config.write_text(CONFIG)
-        env = {**os.environ, "FLASHGUARD_ADMIN_TOKEN": TOKEN}
+        env = {k: v for k, v in os.environ.items() if k != "FLASHGUARD_ADMIN_TOKEN"} | ({"FLASHGUARD_ADMIN_TOKEN": token} if token else {})
         command = [*FLASHGUARD, "serve", "--redis", url, "--port", str(self.port), "--data", str(directory / f"data-{self.port}"),
                    "--config", str(config), *flags]  # fmt: skip
         with open(self.log, "wb") as out:
@@ -327,3 +327,17 @@ def test_workers_need_redis(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 2
     assert "--workers needs --redis" in proc.stdout + proc.stderr
+
+
+async def test_gateways_starting_together_on_an_empty_store_agree_on_one_admin_token(
+    redis_cluster_1_url: str, tmp_path: Path, gateways: list[Gateway]
+) -> None:
+    new = [Gateway(redis_cluster_1_url, tmp_path, token=None) for _ in range(3)]
+    gateways.extend(new)
+    for gw in new:
+        gw.wait_listening()
+    printed = [line.rsplit(" ", 1)[1] for gw in new for line in gw.log.read_text().splitlines() if "admin token (set" in line]
+    assert len(printed) == 1, printed  # one made it; the others learnt it
+    for gw in new:
+        async with gw.session.get(gw.base + "/v1/admin/config", headers={"Authorization": f"Bearer {printed[0]}"}) as resp:
+            assert resp.status == 200
