@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import ParamSpec, Protocol, TypeVar
 
 import msgspec
 
@@ -35,6 +35,9 @@ from snapshots.store import Store
 log = logging.getLogger("flashguard")
 
 SWEEP_INTERVAL = 1.0
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class Service(Protocol):
@@ -116,25 +119,26 @@ class NodeService:
     async def now(self) -> int:
         return self.coordinator.clock.now()
 
+    async def _durable(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> tuple[T, int | None]:
+        """`call`'s result once what it journaled is on disk (a repeat too: its first answer may
+        still be on its way), and the journal position for its log line."""
+        result, lsn = self.decisions.journaled(call, *args, **kwargs)
+        await self.coordinator.journal.commit()
+        return result, lsn
+
     async def check(self, req: CheckRequest, digest: bytes) -> tuple[CheckResponse, bool, int | None, int]:
-        (response, repeated), lsn = self.decisions.journaled(self.coordinator.check, req, digest)
-        await self.coordinator.journal.commit()  # a repeat too: its first answer may still be on its way to disk
+        (response, repeated), lsn = await self._durable(self.coordinator.check, req, digest)
         return response, repeated, lsn, self.coordinator.clock.now()
 
     async def claim(self, req: ClaimRequest) -> tuple[CheckResponse, int | None, int]:
-        response, lsn = self.decisions.journaled(self.coordinator.claim, req)
-        await self.coordinator.journal.commit()
+        response, lsn = await self._durable(self.coordinator.claim, req)
         return response, lsn, self.coordinator.clock.now()
 
     async def confirm(self, order_id: str) -> tuple[OrderView, int | None]:
-        view, lsn = self.decisions.journaled(self.coordinator.confirm, order_id)
-        await self.coordinator.journal.commit()
-        return view, lsn
+        return await self._durable(self.coordinator.confirm, order_id)
 
     async def cancel(self, order_id: str) -> tuple[OrderView, int | None]:
-        view, lsn = self.decisions.journaled(self.coordinator.cancel, order_id)
-        await self.coordinator.journal.commit()
-        return view, lsn
+        return await self._durable(self.coordinator.cancel, order_id)
 
     async def view(self, order_id: str) -> OrderView:
         return self.coordinator.view(self.coordinator.order(order_id))
