@@ -147,14 +147,18 @@ def reservations_leased(*primaries: str) -> list[str]:
     return leased
 
 
-async def test_three_gateways_under_300_concurrent_checks_never_pass_a_limit(
+async def test_three_gateways_under_concurrent_checks_never_pass_a_limit(
     redis_cluster_1_url: str, tmp_path: Path, gateways: list[Gateway]
 ) -> None:
     gws = start(gateways, redis_cluster_1_url, tmp_path, 3)
-    # 300 checks of 30 users (3 each allowed by user_limit), half of them on one ring device
-    # (20 allowed by its rule), 100 off the budget each (70 allowed by the budget): each binds.
+    # 300 concurrent checks of 30 users, 10 each, 100 off the budget each. The even users' orders
+    # are all on one ring device: its rule allows 20 of them; the odd users' limit allows 3 each.
+    # That is 65 at most, under the budget's 70, so a second burst of 60 new buyers spends it.
     orders = [body(f"o-{i}", f"u{i % 30}", "ring" if i % 2 == 0 else f"d{i}") for i in range(300)]
     answers = await asyncio.gather(*(gws[i % 3].call("POST", "/v1/orders/check", b) for i, b in enumerate(orders)))
+    spenders = [body(f"b-{i}", f"buyer{i}", f"bd{i}") for i in range(60)]
+    orders += spenders
+    answers += await asyncio.gather(*(gws[i % 3].call("POST", "/v1/orders/check", b) for i, b in enumerate(spenders)))
     statuses = Counter(status for status, _ in answers)
     assert set(statuses) <= {200, 503}, statuses  # 503: contention, a brief false refusal
     allowed = [b for b, (status, a) in zip(orders, answers) if status == 200 and a["decision"] == "allow"]
