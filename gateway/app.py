@@ -1,5 +1,5 @@
-"""The aiohttp application: middlewares (errors, load shedding, admin auth, and on the single node
-the disk guard), routes, and the lifecycle.
+"""The aiohttp application: one middleware (errors, load shedding, admin auth, and on the single
+node the disk guard), routes, and the lifecycle.
 
 `make_app` wires either mode's state to HTTP through its `service`. Its one cleanup context lets
 the service restore (single node: the data directory) or connect (cluster: seed the configuration
@@ -48,10 +48,29 @@ def _error(request: web.Request, status: int, code: str, message: str, headers: 
     return respond(request, error_body(code, message), status=status, headers=headers)
 
 
+UNGUARDED = frozenset({"/healthz", "/metrics"})  # never shed: the balancer's and Prometheus' view
+
+
 @web.middleware
-async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error leaves in the SPEC's shape; a bug is a logged 500, never a dead server."""
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one middleware, so that a check pays for one layer, not four: every error leaves in
+    the SPEC's shape (a bug is a logged 500, never a dead server); past the in-flight bound the
+    checkout calls get a 429 at once rather than queue without end; admin calls need the token;
+    and on the single node, changes are refused while the journal cannot write."""
+    load = request.app[LOAD]
+    admitted = False
     try:
+        path = request.path
+        if path.startswith("/v1/admin/"):
+            _authorize(request)
+        elif path not in UNGUARDED:
+            if load.inflight >= load.limit:
+                load.shed += 1
+                raise Overloaded("overloaded", "too many requests in flight; retry shortly", {"Retry-After": "1"})
+            load.inflight += 1
+            admitted = True
+        if request.method not in ("GET", "HEAD"):
+            await _writable(request)
         return await handler(request)
     except ApiError as e:
         return _error(request, e.status, e.code, e.message, e.headers)
@@ -71,45 +90,26 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return _error(request, 500, "internal", "internal error; the request was not applied")
-
-
-@web.middleware
-async def shed_load(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Past the in-flight bound, answer 429 at once rather than queue without end."""
-    if request.path.startswith("/v1/admin/") or request.path in ("/healthz", "/metrics"):
-        return await handler(request)
-    load = request.app[LOAD]
-    if load.inflight >= load.limit:
-        load.shed += 1
-        raise Overloaded("overloaded", "too many requests in flight; retry shortly", {"Retry-After": "1"})
-    load.inflight += 1
-    try:
-        return await handler(request)
     finally:
-        load.inflight -= 1
+        if admitted:
+            load.inflight -= 1
 
 
-@web.middleware
-async def admin_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith("/v1/admin/"):
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        expected = request.app[AUTH].token(request.app[SERVICE].config) or ""
-        if scheme.lower() != "bearer" or not expected or not hmac.compare_digest(token.strip().encode(), expected.encode()):
-            raise Unauthorized(
-                "unauthorized", "admin calls need 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"}
-            )
-    return await handler(request)
+def _authorize(request: web.Request) -> None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    expected = request.app[AUTH].token(request.app[SERVICE].config) or ""
+    if scheme.lower() != "bearer" or not expected or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        raise Unauthorized("unauthorized", "admin calls need 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"})
 
 
-@web.middleware
-async def disk_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """While the journal cannot write, refuse changes up front (503), so none is made in memory
-    that could not be persisted; each refused call first retries the pending write."""
-    journal = request.app[COORDINATOR].journal
-    if request.method not in ("GET", "HEAD") and not journal.writable() and not await journal.retry():
+async def _writable(request: web.Request) -> None:
+    """While the single node's journal cannot write, refuse changes up front (503), so none is
+    made in memory that could not be persisted; each refused call first retries the pending write.
+    (In cluster mode Redis refuses them itself.)"""
+    coordinator = request.app.get(COORDINATOR)
+    if coordinator is not None and not coordinator.journal.writable() and not await coordinator.journal.retry():
         raise Unavailable("disk_unavailable", "the journal cannot write; no change is accepted until it can", {"Retry-After": "1"})
-    return await handler(request)
 
 
 async def settle_token(auth: Auth, service: Service) -> None:
@@ -128,7 +128,7 @@ async def settle_token(auth: Auth, service: Service) -> None:
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     service = app[SERVICE]
-    tasks = await service.start(app[STATS])
+    tasks = await service.start()
     await settle_token(app[AUTH], service)
     gc.collect()
     gc.freeze()  # what restore built lives for the whole run: keep it out of every collection
@@ -154,15 +154,14 @@ def make_app(
 ) -> web.Application:
     """The app over a single node's coordinator (with its `store`, if it has a data directory) or
     a cluster coordinator (whose decision log goes to `log_dir`)."""
-    middlewares = [errors, shed_load, admin_auth]
-    decisions = DecisionLog(store.directory / "decisions" if store is not None else log_dir)
+    stats = Stats()
+    decisions = DecisionLog(store.directory / "decisions" if store is not None else log_dir, stats)
     service: Service
     if isinstance(state, Coordinator):
         service = NodeService(state, decisions, store, seed or state.config, reload_config, snapshot_every)
-        middlewares.append(disk_guard)
     else:
         service = ClusterService(state, decisions, seed or Config(), reload_config)
-    app = web.Application(middlewares=middlewares, client_max_size=ADMIN_BODY_LIMIT)
+    app = web.Application(middlewares=[guard], client_max_size=ADMIN_BODY_LIMIT)
     app[SERVICE] = service
     if isinstance(state, Coordinator):
         app[COORDINATOR] = state
@@ -170,7 +169,7 @@ def make_app(
             app[STORE] = store
     app[AUTH] = Auth(admin_token)
     app[LOAD] = Load(max_inflight)
-    app[STATS] = Stats()
+    app[STATS] = stats
     app[DECISIONS] = decisions
     app.add_routes(routes.routes)
     app.add_routes(admin.routes)

@@ -31,6 +31,12 @@ _digest_encoder = msgspec.msgpack.Encoder(order="deterministic")
 async def read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise TooLarge("body_too_large", f"the body is {request.content_length} bytes; the limit is {limit}")
+    content = request.content
+    if content.is_eof():  # the whole body came with the headers (a check's does): take it as is
+        body = content.read_nowait()
+        if len(body) > limit:
+            raise TooLarge("body_too_large", f"the body is over the limit of {limit} bytes")
+        return body
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -74,12 +80,15 @@ async def parse(request: web.Request, limit: int = ADMIN_BODY_LIMIT) -> Any:
 
 async def decode(request: web.Request, kind: type[T], limit: int = CHECK_BODY_LIMIT) -> T:
     """The body validated as `kind`; a 400 names the field that is wrong."""
-    body = await read_body(request, limit)
+    return decode_body(await read_body(request, limit), request.content_type, kind)
+
+
+def decode_body(body: bytes, content_type: str, kind: type[T]) -> T:
     if not body:
         raise BadRequest("malformed_body", "the body is empty")
     try:
-        if request.content_type in MSGPACK_TYPES:
-            return msgspec.convert(_loads(body, request.content_type), kind)
+        if content_type in MSGPACK_TYPES:
+            return msgspec.convert(_loads(body, content_type), kind)
         return msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as e:
         raise BadRequest("invalid_body", str(e)) from None

@@ -2,7 +2,7 @@
 that feeds its dashboard, `GET /v1/admin/overview`.
 
 The page itself holds no data, so it loads without a token; everything it shows comes from
-`/v1/admin/*` calls made with the token the operator types in (the `admin_auth` middleware guards
+`/v1/admin/*` calls made with the token the operator types in (the `guard` middleware checks
 them, this one included). The files are plain HTML, CSS and JavaScript: no build step, nothing
 fetched from elsewhere, and a Content-Security-Policy that allows only this origin.
 """
@@ -17,7 +17,7 @@ from aiohttp import web
 
 from gateway.codec import respond
 from domain.errors import BadRequest, NotFound
-from gateway.keys import SERVICE, STATS
+from gateway.keys import DECISIONS, SERVICE, STATS
 
 routes = web.RouteTableDef()
 
@@ -74,6 +74,7 @@ async def overview(request: web.Request) -> web.Response:
         raise BadRequest("invalid_query", "top must be a whole number") from None
     if not 1 <= top <= MAX_TOP:
         raise BadRequest("invalid_query", f"top must be between 1 and {MAX_TOP}")
+    request.app[DECISIONS].drain()  # the checks of this tick, counted
     service = request.app[SERVICE]
     stats = request.app[STATS]
     cfg = service.config

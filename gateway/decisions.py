@@ -3,9 +3,11 @@
 When a real buyer complains, support asks "why was this order refused?": `GET
 /v1/admin/decisions?user_id=...` answers from here. Lines go to rotating files under
 `DATA/decisions/` (a new file past `ROTATE_BYTES`, the newest `KEEP_FILES` kept) and the most
-recent ones also stay in memory. Writing is buffered and flushed once a second by the lifecycle's
-task: the log is an observer, not the state (the journal is), so it never delays an answer.
-A check's line holds its whole request, which is what `flashguard replay` re-runs.
+recent ones also stay in memory. The log is an observer, not the state (the journal is), so it
+never delays an answer: a request only appends what it decided to `_pending`, and one callback
+per event-loop tick (`drain`) counts the checks into the figures (`Stats`) and encodes the lines,
+which the lifecycle's task writes once a second. A check's line holds its whole request, which is
+what `flashguard replay` re-runs: a JSON body on one line is spliced in as it came, not re-encoded.
 
 What a crash takes from the buffer the journal still holds. Each line carries the position
 (`lsn`) of the journal record it is about, and at start `restore` writes the lines for the records
@@ -17,6 +19,7 @@ cover), so a start counts only the lines written after it, at most about one fil
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -100,6 +103,34 @@ def _region(request: msgspec.Raw) -> str | None:
         return None
 
 
+class _Subjects(msgspec.Struct):
+    device: str | None
+    ip: str | None
+    phone: str | None
+    address: str | None
+
+
+class _CheckLine(msgspec.Struct, tag_field="kind", tag="check"):
+    """A check's line: `request` last, as it came (`Raw`) or encoded from the decoded request."""
+
+    order_id: str
+    user_id: str
+    subjects: _Subjects
+    decision: Decision
+    reasons: list[Reason]
+    shadow: list[Reason]
+    stripped: list[str]
+    config_version: str | None
+    now: int  # the gateway's clock, which replay runs on
+    lsn: int | None
+    t: float
+    request: CheckRequest | msgspec.Raw
+
+
+# A check as `DecisionLog.check` got it: request, answer, version, now, lsn, seconds, body.
+_Check = tuple[CheckRequest, CheckResponse, str, int, "int | None", float, "bytes | None"]
+
+
 def _decided(response: CheckResponse, version: str | None) -> dict[str, Any]:
     return {
         "decision": response.decision,
@@ -111,13 +142,14 @@ def _decided(response: CheckResponse, version: str | None) -> dict[str, Any]:
 
 
 class DecisionLog:
-    def __init__(self, directory: Path | None) -> None:
+    def __init__(self, directory: Path | None, stats: Stats) -> None:
         self.directory = directory
+        self._stats = stats  # what `drain` counts the checks into, and each new file's checkpoint keeps
         self.recent: deque[bytes] = deque(maxlen=IN_MEMORY)
+        self._pending: list[_Check | tuple[dict[str, Any], int | None]] = []
         self._buffer: list[bytes] = []
         self._file: Path | None = None
         self.journal: Journal | None = None  # set by `restore`: the lines' positions are in it
-        self._stats: Stats | None = None  # set by `restore`: what each new file's checkpoint keeps
         self._logged = 0  # the journal position up to which the log has every line
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
@@ -136,31 +168,15 @@ class DecisionLog:
         result = call(*args, **kwargs)
         return result, journal.lsn if journal.lsn > before else None
 
-    def check(self, req: CheckRequest, response: CheckResponse, version: str, now: int, lsn: int | None = None) -> None:
-        receiver = req.receiver
-        address = receiver.address if receiver is not None else None
-        self._add(
-            {
-                "kind": "check",
-                "order_id": req.order_id,
-                "user_id": req.user_id,
-                "subjects": {
-                    "device": req.device_id,
-                    "ip": req.ip,
-                    "phone": receiver.phone if receiver is not None else None,
-                    "address": "/".join(p for p in (address.province, address.city, address.district, address.town) if p)
-                    if address is not None
-                    else None,
-                },
-                **_decided(response, version),
-                "now": now,  # the gateway's clock, which replay runs on
-                "request": req,
-            },
-            lsn,
-        )
+    def check(
+        self, req: CheckRequest, response: CheckResponse, version: str, now: int, lsn: int | None, seconds: float, body: bytes | None
+    ) -> None:
+        """A check's line and figures, for the next `drain`. `body` is the request as it came when
+        it is one line of JSON (else None: the line encodes `req`); `seconds` its latency so far."""
+        self._pend((req, response, version, now, lsn, seconds, body))
 
     def claim(self, req: ClaimRequest, response: CheckResponse, version: str, now: int, lsn: int | None = None) -> None:
-        self._add(
+        self._pend((
             {
                 "kind": "claim",
                 "user_id": req.user_id,
@@ -173,17 +189,65 @@ class DecisionLog:
                 "request": req,
             },
             lsn,
-        )
+        ))
 
     def transition(self, kind: str, view: OrderView, now: int, lsn: int | None = None) -> None:
-        self._add({"kind": kind, "order_id": view.order_id, "user_id": view.user_id, "state": view.state.value, "now": now}, lsn)
+        self._pend(({"kind": kind, "order_id": view.order_id, "user_id": view.user_id, "state": view.state.value, "now": now}, lsn))
 
-    def _add(self, entry: dict[str, Any], lsn: int | None) -> None:
-        """Encode once (msgspec writes the request and reasons structs directly); memory and the
-        file buffer share the bytes, and a search decodes them."""
+    def _pend(self, item: _Check | tuple[dict[str, Any], int | None]) -> None:
+        if not self._pending:
+            try:
+                asyncio.get_running_loop().call_soon(self.drain)
+            except RuntimeError:  # no loop (tools, tests): now
+                self._pending.append(item)
+                self.drain()
+                return
+        self._pending.append(item)
+
+    def drain(self) -> None:
+        """Count and encode what is pending, in the order it came (the order of its journal
+        positions, see `journaled`). Readers of the lines or the figures call it first."""
+        pending, self._pending = self._pending, []
+        t = round(time.time(), 3)
+        for item in pending:
+            if len(item) == 2:
+                entry, lsn = item
+                self._add(entry, lsn, t)
+                continue
+            req, response, version, now, lsn, seconds, body = item
+            self._stats.observe_check(response, seconds, req)
+            receiver = req.receiver
+            address = receiver.address if receiver is not None else None
+            head = _CheckLine(
+                req.order_id,
+                req.user_id,
+                _Subjects(
+                    req.device_id,
+                    req.ip,
+                    receiver.phone if receiver is not None else None,
+                    "/".join(p for p in (address.province, address.city, address.district, address.town) if p)
+                    if address is not None
+                    else None,
+                ),
+                response.decision,
+                response.reasons,
+                response.shadow,
+                response.stripped,
+                version,
+                now,
+                lsn,
+                t,
+                msgspec.Raw(body) if body is not None else req,
+            )
+            self._keep(_encoder.encode(head), lsn)
+
+    def _add(self, entry: dict[str, Any], lsn: int | None, t: float) -> None:
         entry["lsn"] = lsn
-        entry["t"] = round(time.time(), 3)
-        line = _encoder.encode(entry)
+        entry["t"] = t
+        self._keep(_encoder.encode(entry), lsn)
+
+    def _keep(self, line: bytes, lsn: int | None) -> None:
+        """Memory and the file buffer share the bytes; a search decodes them."""
         self.recent.append(line)
         if self.directory is not None:
             self._buffer.append(line + b"\n")
@@ -194,6 +258,7 @@ class DecisionLog:
         """Append what is buffered to the current file, rotating when it is full. A new file (the
         first after a start, or past ROTATE_BYTES) gets a checkpoint once its first lines are in:
         the figures then count exactly the lines written."""
+        self.drain()
         if not self._buffer or self.directory is None:
             return
         data, self._buffer = b"".join(self._buffer), []
@@ -206,12 +271,12 @@ class DecisionLog:
         with self._file.open("ab") as f:
             f.write(data)
             end = f.tell()
-        if new and self._stats is not None:
+        if new:
             tmp = self.directory / (CHECKPOINT + ".tmp")
             tmp.write_bytes(_encoder.encode(_Checkpoint(self._file.name, end, self._logged, self._stats.figures())))
             os.replace(tmp, self.directory / CHECKPOINT)
 
-    def restore(self, stats: Stats, coordinator: Coordinator | None = None) -> None:
+    def restore(self, coordinator: Coordinator | None = None) -> None:
         """At start, once the state is restored: rebuild `stats`' figures from the checkpoint and
         the lines after it, then (single node) write the lines of the journal records past the
         last position the log holds (a crash lost them from the buffer). In cluster mode there is
@@ -219,7 +284,7 @@ class DecisionLog:
         assert self.directory is not None
         journal = coordinator.journal if coordinator is not None else None
         assert journal is None or isinstance(journal, Journal)
-        self.journal, self._stats = journal, stats
+        self.journal, stats = journal, self._stats
         if journal is not None:
             journal.before_rotate = self.flush
         start = time.perf_counter()
@@ -304,7 +369,7 @@ class DecisionLog:
             else:
                 continue
             entry["recovered"] = True
-            self._add(entry, after + 1 + i)
+            self._add(entry, after + 1 + i, round(time.time(), 3))
             written += 1
         return written
 
@@ -318,6 +383,7 @@ class DecisionLog:
         self, user_id: str | None, order_id: str | None, code: str | None, since: float | None, limit: int
     ) -> list[dict[str, Any]]:
         """Newest first: memory, then the files (older than what memory holds)."""
+        self.drain()
         out: list[dict[str, Any]] = []
         oldest_in_memory = msgspec.json.decode(self.recent[0])["t"] if self.recent else float("inf")
         for entry in self._entries(oldest_in_memory):

@@ -1,6 +1,7 @@
 """`GET /metrics`: Prometheus text format, built at scrape time.
 
-The hot path only bumps plain ints (`stats.Stats`); a custom prometheus-client collector
+The hot path only bumps plain ints (`stats.Stats`, counted once per tick by the decision log's
+`drain`); a custom prometheus-client collector
 turns them, and the live state (holds, activity budgets: read from memory, or in cluster mode
 from Redis once per scrape), into metric families when Prometheus asks. No lock and no label
 lookup is paid per check.
@@ -18,7 +19,7 @@ from prometheus_client.registry import Collector
 from actors.ledger import Ledger
 from cluster.coordinator import ClusterStats
 from domain.config import Config
-from gateway.keys import LOAD, SERVICE, STATS, STORE
+from gateway.keys import DECISIONS, LOAD, SERVICE, STATS, STORE
 from gateway.service import ClusterService
 from gateway.stats import LATENCY_BUCKETS, Stats
 from snapshots.store import Store
@@ -134,6 +135,7 @@ def _budgets(config: Config, ledger: Ledger) -> Iterator[Metric]:
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
+    request.app[DECISIONS].drain()  # the checks of this tick, counted
     service = request.app[SERVICE]
     config = service.config
     ledger = await service.activity_ledger(sorted(config.activities))

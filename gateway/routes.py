@@ -11,7 +11,7 @@ import time
 from aiohttp import web
 
 from domain.schema import CheckRequest, ClaimRequest
-from gateway.codec import decode, digest, respond
+from gateway.codec import CHECK_BODY_LIMIT, MSGPACK_TYPES, decode, decode_body, digest, read_body, respond
 from gateway.keys import DECISIONS, SERVICE, STATS
 
 routes = web.RouteTableDef()
@@ -20,14 +20,18 @@ routes = web.RouteTableDef()
 @routes.post("/v1/orders/check")
 async def check(request: web.Request) -> web.Response:
     start = time.perf_counter()
-    req = await decode(request, CheckRequest)
+    body = await read_body(request, CHECK_BODY_LIMIT)
+    content_type = request.content_type
+    req = decode_body(body, content_type, CheckRequest)
     service = request.app[SERVICE]
     response, repeated, lsn, now = await service.check(req, digest(req))
     if repeated:  # a checkout retry: decided, counted and logged the first time
         request.app[STATS].repeats += 1
         return respond(request, response)
-    request.app[STATS].observe_check(response, time.perf_counter() - start, req)
-    request.app[DECISIONS].check(req, response, service.config.version, now, lsn)
+    one_line = content_type not in MSGPACK_TYPES and b"\n" not in body and b"\r" not in body
+    request.app[DECISIONS].check(
+        req, response, service.config.version, now, lsn, time.perf_counter() - start, body if one_line else None
+    )
     return respond(request, response)
 
 

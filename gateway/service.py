@@ -28,7 +28,6 @@ from domain.config import Config
 from domain.schema import CheckRequest, CheckResponse, ClaimRequest, OrderView
 from domain.types import Record
 from gateway.decisions import DecisionLog
-from gateway.stats import Stats
 from node.coordinator import Coordinator
 from snapshots.store import Store
 
@@ -83,7 +82,7 @@ class Service(Protocol):
         (Gateways starting together on an empty store each make one: exactly one stands.)"""
         ...
 
-    async def start(self, stats: Stats) -> list[asyncio.Task[None]]:
+    async def start(self) -> list[asyncio.Task[None]]:
         """Restore or connect, then start the background tasks (returned, for `stop` to cancel)."""
         ...
 
@@ -182,7 +181,7 @@ class NodeService:
             if self.coordinator.expire_due(self.coordinator.clock.now()):
                 await journal.commit()
 
-    async def start(self, stats: Stats) -> list[asyncio.Task[None]]:
+    async def start(self) -> list[asyncio.Task[None]]:
         coordinator, store = self.coordinator, self.store
         tasks = [asyncio.create_task(_every(SWEEP_INTERVAL, "expiry sweep", self._sweep), name="flashguard-sweeper")]
         if store is not None:
@@ -195,7 +194,7 @@ class NodeService:
                 ", data directory seeded with the configuration" if report.seeded else "",
             )
             await coordinator.journal.commit()
-            self.decisions.restore(stats, coordinator)  # the figures, and the log lines a crash lost
+            self.decisions.restore(coordinator)  # the figures, and the log lines a crash lost
             if self.snapshot_every > 0:
                 tasks.append(asyncio.create_task(store.periodic(coordinator, self.snapshot_every), name="flashguard-snapshots"))
         return tasks
@@ -263,10 +262,10 @@ class ClusterService:
         self.decisions.flush()
         await self.coordinator.sweep()
 
-    async def start(self, stats: Stats) -> list[asyncio.Task[None]]:
+    async def start(self) -> list[asyncio.Task[None]]:
         log.info("%s", await self.coordinator.configs.start(self.seed, self.reload_config))
         if self.decisions.directory is not None:
-            self.decisions.restore(stats)
+            self.decisions.restore()
         return [
             asyncio.create_task(_every(SWEEP_INTERVAL, "sweep", self._sweep), name="flashguard-sweeper"),
             asyncio.create_task(self.coordinator.configs.poll(), name="flashguard-config"),
