@@ -104,7 +104,7 @@ def digest(value: msgspec.Struct) -> bytes:
 def wants_msgpack(request: web.Request) -> bool:
     """msgpack when `Accept` names it; JSON when it names JSON; otherwise the request's own type."""
     accept = request.headers.get("Accept", "")
-    if any(t in accept for t in MSGPACK_TYPES):
+    if "msgpack" in accept and any(t in accept for t in MSGPACK_TYPES):  # the cheap test first: every answer asks
         return True
     if JSON in accept:
         return False
