@@ -15,11 +15,12 @@ This package, in the order a request meets it:
 
 - `cli`: `flashguard serve` / `check-config` / `replay`; builds the coordinator of the mode asked
   for and the app; `workers` forks `--workers N` cluster-mode processes onto one socket.
-- `app`: the aiohttp application; middlewares for errors (`RedisDown` is 503), load shedding
-  (429), admin auth and, on the single node, the disk guard (503); one cleanup context that lets
+- `app`: the aiohttp application; one middleware (`guard`: errors, `RedisDown` as 503, load
+  shedding as 429, admin auth and, on the single node, the disk guard as 503); one cleanup context that lets
   the service restore or connect, starts the background tasks, yields, and lets it stop.
 - `routes` (checkout), `admin` (operators), `metrics` + `stats`, `console`, `openapi`: decode a
-  body, await one call of the service, log the decision, answer.
+  body, await one call of the service, queue the decision's log line and figures (`decisions`
+  counts and encodes them once per event-loop tick), answer.
 - `codec`: JSON and MessagePack bodies, validated into `domain.schema`'s typed requests.
 - `service`: the one interface those call, over either mode (`NodeService`, `ClusterService`).
 - `decisions`: the decision log; `replay`: a rule change tried on logged traffic.
