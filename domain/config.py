@@ -205,7 +205,7 @@ class Messages(Entry):
 class Settings(Entry, omit_defaults=False):
     """Shown whole by `GET /v1/admin/config`, defaults included: operators look for them there."""
 
-    PARSED = {"hold_ttl": parse_duration, "risk_multiplier": parse_ratio}
+    PARSED = {"hold_ttl": parse_duration, "risk_multiplier": parse_ratio, "order_retention": parse_duration}
 
     hold_ttl: Duration = "15m"
     risk_multiplier: Ratio = "1.0"
@@ -214,10 +214,18 @@ class Settings(Entry, omit_defaults=False):
     locale: Literal["zh", "en"] = "zh"
     messages: Messages = msgspec.field(default_factory=Messages)
     admin_token: Annotated[str, msgspec.Meta(min_length=8, max_length=256)] | None = None
+    # A settled order (confirmed, cancelled, expired, denied) whose last change is older than this
+    # leaves memory and the snapshots; its id stays known, so a re-check of it is refused
+    # (`order_retired`). Single node only: cluster mode keeps its order records in Redis.
+    order_retention: Duration = "7d"
 
     @cached_property
     def hold_ttl_seconds(self) -> int:
         return parse_duration(self.hold_ttl)
+
+    @cached_property
+    def order_retention_seconds(self) -> int:
+        return parse_duration(self.order_retention)
 
     @cached_property
     def multiplier(self) -> Fraction:

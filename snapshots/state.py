@@ -12,6 +12,12 @@ again; decoding them all took two thirds of a restore at a million users and tri
 Their bytes are covered by the snapshot's checksum like the rest; each is validated (typed) when
 it is decoded, and a check decodes its order's subjects before it changes anything.
 
+Retention (format 3): settled orders are stored packed (see `actors.orders.pack`), those retired
+by the state's horizon are left out (`OrderBook.settled` retires them as it writes), and the
+retired ids' fingerprints are one blob (`RetiredIds.to_bytes`, 8 bytes an id) with the horizon.
+A format-2 snapshot (plain msgpack orders, no retired ids) is read as it was: its orders are packed
+when the next snapshot is written.
+
 The expiry heap is not stored: it is rebuilt in one heapify from each held order's expiry and each
 subject's `sweep_at` (exactly the live entries; stale ones are not needed).
 """
@@ -26,13 +32,15 @@ from actors.activity import ActivityActor
 from actors.expiry import Due
 from actors.ledger import Ledger
 from actors.orders import Order, OrderBook
+from actors.retired import RetiredIds
 from actors.sku import SkuActor
 from actors.subject import ColdSubject
 from domain.config import Config
 from domain.document import build_config
 from domain.types import OrderState
 
-FORMAT = 2  # 2: subjects and settled orders as msgpack blobs, decoded when first used
+FORMAT = 3  # 2: subjects and settled orders as msgpack blobs, decoded when first used; 3: + retention
+FIELDS = {2: 9, 3: 11}  # the formats this build reads, and the length of each one's array
 
 
 class StateInvalid(ValueError):
@@ -48,7 +56,9 @@ class State(msgspec.Struct, array_like=True):
     activities: dict[str, ActivityActor]
     skus: dict[str, SkuActor]
     held: list[Order]
-    settled: dict[str, bytes]  # order id -> the order's msgpack form, decoded when first used
+    settled: dict[str, bytes]  # order id -> the order's packed (format 2: msgpack) form, decoded when first used
+    horizon: int = 0  # format 3: every settled order last changed at or before it is retired
+    retired: bytes = b""  # format 3: the retired ids' fingerprints (`RetiredIds.to_bytes`)
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -58,7 +68,10 @@ _decoder = msgspec.msgpack.Decoder(State)
 def encode(config: Config, ledger: Ledger, orders: OrderBook, now: int, lsn: int) -> bytes:
     doc = config.to_doc(secrets=True)
     subjects = ledger.frozen_subjects()
-    state = State(FORMAT, lsn, now, doc, subjects, ledger.activities, ledger.skus, orders.held(), orders.settled())
+    settled = orders.settled()  # first: it retires what reads as retired
+    state = State(
+        FORMAT, lsn, now, doc, subjects, ledger.activities, ledger.skus, orders.held(), settled, orders.horizon, orders.retired.to_bytes()
+    )
     return _encoder.encode(state)
 
 
@@ -66,8 +79,10 @@ def decode(body: bytes | memoryview) -> tuple[Config, Ledger, OrderBook, int]:
     """(config, ledger, orders, clock) from a snapshot body; raises StateInvalid on any problem."""
     try:
         state = _decoder.decode(body)
-        if state.format != FORMAT:
-            raise StateInvalid(f"state format {state.format}, this build reads {FORMAT}")
+        if state.format not in FIELDS:
+            raise StateInvalid(f"state format {state.format}, this build reads {' and '.join(map(str, FIELDS))}")
+        if body[0] != 0x90 | FIELDS[state.format]:  # a fixarray: format 3's two last fields have defaults for format 2's sake
+            raise StateInvalid(f"a format-{state.format} state has {FIELDS[state.format]} fields")
         config = build_config(state.config)
         ledger = Ledger()
         ledger.cold, ledger.activities, ledger.skus = state.subjects, state.activities, state.skus
@@ -83,7 +98,8 @@ def decode(body: bytes | memoryview) -> tuple[Config, Ledger, OrderBook, int]:
         if len(orders) != len(state.settled) + len(state.held):
             raise StateInvalid("an order is both held and settled")
         ledger.expiry.rebuild(sweeps + holds)
-        return config, ledger, OrderBook(orders), state.now
+        retired = RetiredIds.from_bytes(state.retired)
+        return config, ledger, OrderBook(orders, retired, state.horizon), state.now
     except StateInvalid:
         raise
     except Exception as e:  # msgspec's decode and validation errors, a bad config, anything deep inside
