@@ -1,0 +1,107 @@
+"""What a settled order costs, and a restore of many of them (issue 15).
+
+Prints one JSON line: bytes per settled order decoded (as a check leaves it: the struct, its
+footprint and first answer, strings shared with the rest of the state counted once), packed (the
+book's form once it has settled for a minute: the bytes object, plus the dict entry, key and
+queue slot), in the snapshot, and retired (a fingerprint); how long packing takes per order; and
+the restore of a snapshot body holding `--orders` settled orders (decode into the order book).
+
+    python -m bench.orders [--orders 10000000] [--sample 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from typing import Any
+
+import msgspec
+
+from actors.orders import OrderBook, pack
+from bench.scenario import Scenario
+from domain.clock import ManualClock
+from domain.document import build_config
+from domain.schema import CheckRequest
+from gateway.codec import digest
+from node.coordinator import Coordinator
+from snapshots import state as state_codec
+
+T0 = 1_800_000_000
+
+
+def _deep(value: object, seen: set[int]) -> int:
+    if id(value) in seen:
+        return 0
+    seen.add(id(value))
+    size = sys.getsizeof(value)
+    if isinstance(value, (tuple, list)):
+        size += sum(_deep(x, seen) for x in value)
+    elif isinstance(value, dict):
+        size += sum(_deep(k, seen) + _deep(v, seen) for k, v in value.items())
+    elif isinstance(value, msgspec.Struct):
+        size += sum(_deep(getattr(value, f), seen) for f in value.__struct_fields__)
+    return size
+
+
+def _rss_mb() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) // 1024 for line in f if line.startswith("VmRSS"))
+
+
+def measure(orders: int, sample: int) -> dict[str, Any]:
+    scenario = Scenario(users=100_000)
+    clock = ManualClock(T0)
+    coordinator = Coordinator(build_config(scenario.config()), clock)
+    for i, doc in enumerate(scenario.bodies(sample)):
+        if i % 2000 == 0:
+            clock.advance(1)
+        req = msgspec.convert(doc, CheckRequest)
+        coordinator.check(req, digest(req))
+    settled = list(coordinator.orders.values())
+    for order in settled:
+        if order.footprint is not None and order.state.value == "held":
+            coordinator.confirm(order.order_id)
+    seen: set[int] = set()
+    decoded = sum(_deep(o, seen) for o in settled) / sample
+    start = time.perf_counter()
+    packed = [pack(o) for o in settled]
+    pack_us = (time.perf_counter() - start) / sample * 1e6
+    entry = sys.getsizeof(coordinator.orders._orders) / sample + sum(sys.getsizeof(k) for k in coordinator.orders) / sample + 8
+    in_memory = sum(sys.getsizeof(p) for p in packed) / sample + entry
+
+    book = {f"o-{i:09d}": bytes(packed[i % sample]) for i in range(orders)}
+    body = msgspec.msgpack.encode(state_codec.State(3, 1, T0, coordinator.config.to_doc(secrets=True), {}, {}, {}, [], book, 0, b""))
+    del book
+    gc.collect()
+    gc.disable()  # as a start does (`gc.freeze` follows)
+    start = time.perf_counter()
+    _, _, restored, _ = state_codec.decode(body)
+    restore_s = time.perf_counter() - start
+    assert isinstance(restored, OrderBook) and len(restored) == orders
+    return {
+        "bench": "orders",
+        "sample": sample,
+        "decoded_bytes_per_order": round(decoded),
+        "packed_bytes_per_order_in_memory": round(in_memory),
+        "snapshot_bytes_per_order": round(len(body) / orders),
+        "retired_bytes_per_order": 8,
+        "pack_us_per_order": round(pack_us, 1),
+        "restore_orders": orders,
+        "restore_s": round(restore_s, 2),
+        "rss_mb_after_restore": _rss_mb(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--orders", type=int, default=10_000_000)
+    parser.add_argument("--sample", type=int, default=20_000)
+    args = parser.parse_args()
+    print(json.dumps(measure(args.orders, args.sample)))
+
+
+if __name__ == "__main__":
+    main()
