@@ -24,7 +24,9 @@ from actors.orders import OrderBook
 from actors.retired import RetiredIds, fingerprint
 from bench.crash import TOKEN, start_server
 from domain.errors import NotFound
+from node.coordinator import Coordinator
 from snapshots import state as state_codec
+from snapshots.store import Store
 from domain.types import Decision, OrderState
 from tests.conftest import Gateway, MakeGateway, base_config, discount, item, order
 from tests.test_snapshot_restore import advance, check, new_coordinator, open_store, order_body, restore_dir
@@ -166,14 +168,20 @@ def test_retired_ids_are_found_and_round_trip_through_their_stored_form() -> Non
 # -- durability --------------------------------------------------------------------------------
 
 
-async def test_a_snapshot_leaves_retired_orders_out_and_restore_keeps_their_ids(tmp_path: Path) -> None:
-    coordinator, store = await open_store(tmp_path)
+async def _o1_retired_o2_held(directory: Path) -> tuple[Coordinator, Store]:
+    """A serving state (journaled) in which o1 was confirmed an hour ago (retention 1h) and o2 is held."""
+    coordinator, store = await open_store(directory)
     coordinator.change(("settings", {"order_retention": "1h"}))
     assert check(coordinator, order_body("o1", "u1")).decision is Decision.ALLOW
     coordinator.confirm("o1")
     advance(coordinator, 3600)
     assert check(coordinator, order_body("o2", "u2")).decision is Decision.ALLOW
     await coordinator.journal.commit()
+    return coordinator, store
+
+
+async def test_a_snapshot_leaves_retired_orders_out_and_restore_keeps_their_ids(tmp_path: Path) -> None:
+    coordinator, store = await _o1_retired_o2_held(tmp_path)
     store.snapshot_in_process(coordinator)
     assert "o1" not in coordinator.orders and "o1" in coordinator.orders.retired  # the snapshot retired it as it wrote
     await store.close(coordinator)
@@ -187,13 +195,7 @@ async def test_a_snapshot_leaves_retired_orders_out_and_restore_keeps_their_ids(
 
 async def test_journal_replay_retires_as_the_serving_process_did(tmp_path: Path) -> None:
     """No snapshot: the journal alone gives back the same retired orders (kill -9 before any)."""
-    coordinator, store = await open_store(tmp_path)
-    coordinator.change(("settings", {"order_retention": "1h"}))
-    assert check(coordinator, order_body("o1", "u1")).decision is Decision.ALLOW
-    coordinator.confirm("o1")
-    advance(coordinator, 3600)
-    assert check(coordinator, order_body("o2", "u2")).decision is Decision.ALLOW
-    await coordinator.journal.commit()
+    coordinator, store = await _o1_retired_o2_held(tmp_path)
     assert store.journal is not None
     await store.journal.close()  # kill -9: no final snapshot
     restored, report = await restore_dir(tmp_path)
