@@ -1,11 +1,13 @@
-"""Memory per user: a million user actors, each with its lifetime counters and two risk windows.
+"""Memory per user: a million user actors, each with its lifetime counters and two risk windows;
+and with `--orders N`, a sale's N settled orders on top: kept packed in the order book (as the
+sweeper leaves them a minute after they settle), or with `--retired` retired (8-byte fingerprints).
 
 Holds one order's worth of state per user through the real ledger (SKU, SPU, activity and
 activity-SKU counters, interned as the check path interns them, and events in a 1 h and a 24 h
 window), and reports the growth of the
 process's resident memory divided by the number of users. Prints one JSON line.
 
-    python -m bench.memory [--users 1000000]
+    python -m bench.memory [--users 1000000] [--orders 10000000 [--retired]]
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import json
 import os
 
 from actors.ledger import Ledger
-from actors.orders import Footprint
+from actors.orders import Footprint, OrderBook, pack
+from actors.retired import RetiredIds
+from bench.orders import settled_sample
 from domain.types import counter_key, key
 
 T0 = 1_800_000_000
@@ -27,7 +31,7 @@ def rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def run(users: int) -> dict[str, object]:
+def run(users: int, orders: int, retired: bool) -> dict[str, object]:
     windows = (key("", "", "3600"), key("category", "phone", "86400"))
     gc.collect()
     before = rss()
@@ -47,7 +51,7 @@ def run(users: int) -> dict[str, object]:
         )
     gc.collect()
     grown = rss() - before
-    return {
+    out: dict[str, object] = {
         "bench": "memory",
         "users": users,
         "windows_per_user": 2,
@@ -55,12 +59,28 @@ def run(users: int) -> dict[str, object]:
         "rss_growth_mb": round(grown / 2**20, 1),
         "bytes_per_user": round(grown / users),
     }
+    if orders:
+        sample = [pack(o) for o in settled_sample(1000)]
+        book, gone = OrderBook(), RetiredIds()
+        start = rss()
+        for i in range(orders):
+            if retired:
+                gone.add(f"o-{i:09d}")
+            else:
+                book._orders[f"o-{i:09d}"] = bytes(memoryview(sample[i % 1000]))  # a copy of its own, as each order has
+        gc.collect()
+        out.update(orders=orders, retired=retired, orders_rss_growth_mb=round((rss() - start) / 2**20, 1),
+                   bytes_per_order=round((rss() - start) / orders), total_rss_mb=round(rss() / 2**20))  # fmt: skip
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=1_000_000)
-    print(json.dumps(run(parser.parse_args().users)))
+    parser.add_argument("--orders", type=int, default=0)
+    parser.add_argument("--retired", action="store_true", help="the orders retired (order_retention passed), not kept")
+    args = parser.parse_args()
+    print(json.dumps(run(args.users, args.orders, args.retired)))
 
 
 if __name__ == "__main__":
