@@ -176,24 +176,16 @@ class OrderBook:
     that cannot retire yet (held, or changed since) to the back.
     """
 
-    __slots__ = ("_orders", "_queue", "_fresh", "retired", "horizon", "holds")
+    __slots__ = ("_orders", "_queue", "_fresh", "retired", "horizon")
 
     PACK_AFTER = 60  # seconds a settled order stays decoded: a repeat, a confirm or a cancel is likely soon
 
-    def __init__(
-        self, orders: dict[str, Order | bytes] | None = None, retired: RetiredIds | None = None, horizon: int = 0, *, restored: bool = False
-    ) -> None:
-        """`restored`: `orders` holds settled orders in bytes and holds only (a snapshot), so no
-        decoded settled order needs queueing for packing: a restore of ten million orders skips a
-        pass over them (3 s on this VM). `holds`, when the caller knows it, is how many are held
-        (`Coordinator.adopt` would otherwise count them in another pass)."""
+    def __init__(self, orders: dict[str, Order | bytes] | None = None, retired: RetiredIds | None = None, horizon: int = 0) -> None:
         self._orders: dict[str, Order | bytes] = orders if orders is not None else {}
         self._queue: deque[str] = deque(self._orders)
-        fresh = () if restored else (k for k, o in self._orders.items() if isinstance(o, Order))
-        self._fresh: deque[str] = deque(fresh)
+        self._fresh: deque[str] = deque(k for k, o in self._orders.items() if isinstance(o, Order))
         self.retired = retired if retired is not None else RetiredIds()
         self.horizon = horizon
-        self.holds: int | None = None
 
     def get(self, order_id: str) -> Order | None:
         order = self._orders.get(order_id)

@@ -198,7 +198,7 @@ class Coordinator:
     def adopt(self, config: Config, ledger: Ledger, orders: OrderBook) -> None:
         """Take over restored state (a snapshot) as a whole."""
         self.config, self.ledger, self.orders = config, ledger, orders
-        self.held = orders.holds if orders.holds is not None else len(orders.held())
+        self.held = len(orders.held())
 
     def replay(self, record: list[Any]) -> int:
         """Apply one journal record exactly as the original call did; returns the record's time

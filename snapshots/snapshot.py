@@ -10,7 +10,6 @@ be skipped for the one before it (with the journal since then).
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
 import struct
 from collections.abc import Callable
@@ -69,29 +68,13 @@ def write(directory: Path, lsn: int, body: bytes) -> Path:
 def read(path: Path, decode: Callable[[memoryview], T]) -> tuple[int, T]:
     """(lsn, decode(body)) of a snapshot file, or SnapshotCorrupt saying what is wrong with it.
 
-    The file is mapped, not read: a read would copy gigabytes into fresh memory first, and on a VM
-    every new page costs a fault (3 GB took 3-8 s here); the mapping reads the page cache in place.
     The checksum is computed in a thread while `decode` runs (hashlib lets go of the GIL; a
     gigabyte takes a second), and nothing decoded is returned unless the checksum matches: a
-    decode error over a body whose checksum fails is reported as the checksum failure it is.
-    `decode` must copy what it keeps (msgspec does): the mapping is closed when it returns."""
+    decode error over a body whose checksum fails is reported as the checksum failure it is."""
     try:
-        with path.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size < HEADER.size:
-                data: bytes | mmap.mmap = f.read()
-            else:
-                data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    except (OSError, ValueError) as e:
-        raise SnapshotCorrupt(f"{path.name}: unreadable: {getattr(e, 'strerror', None) or e}") from None
-    try:
-        return _read(path, data, decode)
-    finally:
-        if isinstance(data, mmap.mmap):
-            data.close()
-
-
-def _read(path: Path, data: bytes | mmap.mmap, decode: Callable[[memoryview], T]) -> tuple[int, T]:
+        data = path.read_bytes()
+    except OSError as e:
+        raise SnapshotCorrupt(f"{path.name}: unreadable: {e.strerror}") from None
     if len(data) < HEADER.size:
         raise SnapshotCorrupt(f"{path.name}: truncated header ({len(data)} bytes)")
     magic, version, reserved, lsn, length, digest = HEADER.unpack_from(data)
@@ -103,16 +86,14 @@ def _read(path: Path, data: bytes | mmap.mmap, decode: Callable[[memoryview], T]
         raise SnapshotCorrupt(f"{path.name}: the header says it covers record {lsn}, the name says otherwise")
     if length > MAX_BODY or HEADER.size + length != len(data):
         raise SnapshotCorrupt(f"{path.name}: body length {length} does not match the file ({len(data) - HEADER.size})")
-    if isinstance(data, mmap.mmap):
-        data.madvise(mmap.MADV_SEQUENTIAL)
-    with memoryview(data) as whole, whole[HEADER.size :] as body:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="flashguard-checksum") as pool:
-            checksum = pool.submit(lambda: hashlib.blake2b(body, digest_size=16).digest())
-            try:
-                value = decode(body)
-            finally:
-                if checksum.result() != digest:
-                    raise SnapshotCorrupt(f"{path.name}: checksum mismatch")  # it outranks what decode raised
+    body = memoryview(data)[HEADER.size :]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="flashguard-checksum") as pool:
+        checksum = pool.submit(lambda: hashlib.blake2b(body, digest_size=16).digest())
+        try:
+            value = decode(body)
+        finally:
+            if checksum.result() != digest:
+                raise SnapshotCorrupt(f"{path.name}: checksum mismatch")  # it outranks what decode raised
     return lsn, value
 
 

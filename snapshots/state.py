@@ -24,7 +24,7 @@ subject's `sweep_at` (exactly the live entries; stale ones are not needed).
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 
@@ -89,20 +89,17 @@ def decode(body: bytes | memoryview) -> tuple[Config, Ledger, OrderBook, int]:
         # each subject's live heap entry, as it was (stale ones are not needed)
         sweeps = [(cold.sweep_at, Due.WINDOWS, key) for key, cold in state.subjects.items() if cold.sweep_at]
         holds: list[tuple[int, int, str]] = []
-        settled = len(state.settled)
-        orders = cast("dict[str, Order | bytes]", state.settled)  # decoded for this alone: no copy of ten million entries
+        orders: dict[str, Order | bytes] = dict(state.settled)
         for order in state.held:
             if order.state is not OrderState.HELD or order.expires_at is None or order.footprint is None:
                 raise StateInvalid(f"order {order.order_id!r} among the holds is not a hold")
             orders[order.order_id] = order
             holds.append((order.expires_at, Due.HOLD, order.order_id))
-        if len(orders) != settled + len(state.held):
+        if len(orders) != len(state.settled) + len(state.held):
             raise StateInvalid("an order is both held and settled")
         ledger.expiry.rebuild(sweeps + holds)
         retired = RetiredIds.from_bytes(state.retired)
-        book = OrderBook(orders, retired, state.horizon, restored=True)
-        book.holds = len(state.held)
-        return config, ledger, book, state.now
+        return config, ledger, OrderBook(orders, retired, state.horizon), state.now
     except StateInvalid:
         raise
     except Exception as e:  # msgspec's decode and validation errors, a bad config, anything deep inside
