@@ -78,6 +78,14 @@ _order_decoder = msgspec.msgpack.Decoder(Order)
 # order's state and times without inflating it.
 
 PACKED_TAG = 0xC1
+_PACKED = bytes([PACKED_TAG])
+
+
+def is_packed(entry: bytes) -> bool:
+    """Whether a book entry is in the packed form (else the plain msgpack form of format 2)."""
+    return entry[:1] == _PACKED
+
+
 ZDICT_VERSION = 1
 _HEADER = struct.Struct("<BBBQI")
 _STATES = tuple(OrderState)
@@ -134,7 +142,7 @@ def pack(order: Order) -> bytes:
 
 def unpack(order_id: str, data: bytes) -> Order:
     """An order from its packed or plain msgpack form (ValueError or msgspec's errors if neither)."""
-    if data[:1] != b"\xc1":
+    if not is_packed(data):
         return _order_decoder.decode(data)
     if len(data) < _HEADER.size or data[1] != ZDICT_VERSION:
         raise ValueError(f"order {order_id!r}: packed with an unknown dictionary")
@@ -148,7 +156,7 @@ def meta(order_id: str, entry: Order | bytes) -> tuple[OrderState, int, int]:
     """(state, created_at, updated_at) of a book entry, without inflating a packed one."""
     if isinstance(entry, Order):
         return entry.state, entry.created_at, entry.updated_at
-    if entry[:1] == b"\xc1" and len(entry) >= _HEADER.size:
+    if is_packed(entry) and len(entry) >= _HEADER.size:
         _, _, state, created, delta = _HEADER.unpack_from(entry)
         return _STATES[state], created, created + delta
     order = unpack(order_id, entry)
@@ -303,7 +311,7 @@ class OrderBook:
                 gone.append(order_id)
             elif isinstance(entry, Order):
                 out[order_id] = pack(entry)
-            elif entry[:1] != b"\xc1":  # the plain form of a format-2 snapshot
+            elif not is_packed(entry):  # the plain form of a format-2 snapshot
                 out[order_id] = pack(unpack(order_id, entry))
             else:
                 out[order_id] = entry

@@ -87,7 +87,7 @@ class Coordinator:
             if existing.digest != digest:
                 raise Conflict("order_id_reused", f"order {req.order_id!r} was already checked with a different body")
             return decode_response(existing.response), True
-        if self.orders.retired and req.order_id in self.orders.retired:
+        if req.order_id in self.orders.retired:  # free while none is (RetiredIds answers from its count)
             raise self._retired(req.order_id, Conflict)
         self.expire_due(now)
         verdict = decide(req, order_subjects(req), self.config, self.ledger, now)
