@@ -20,10 +20,14 @@ import struct
 import zlib
 from collections import deque
 from collections.abc import Iterator
+from operator import itemgetter
 
 import msgspec
 
-from actors.retired import RetiredIds
+from actors.archive import Archive
+from actors.archive import build as build_archive
+from actors.archive import entry as archive_entry
+from actors.retired import RetiredIds, fingerprint
 
 from domain.types import CounterKey, OrderState, SubjectKey, WindowKey
 
@@ -170,7 +174,9 @@ class OrderBook:
     `_fresh` queue holds the ids of orders that may be decoded and settled (appended when one is
     checked, settles or is decoded again); `pack_step`, run by the sweeper in chunks, packs those
     settled for `PACK_AFTER` seconds. A held order is always decoded (its expiry is due), so an
-    order in bytes is never held. Orders restored from a snapshot stay in bytes until used.
+    order in bytes is never held. Settled orders restored from a snapshot stay in its `archive`
+    (`actors.archive`, read in place) until used: `get` then decodes one into the dict, which
+    shadows its archived copy from then on (`_gone`).
 
     Retention: a settled order whose last change (`updated_at`) is at or before `horizon` is
     retired. `horizon` only moves forward (`advance`, to `now - settings.order_retention` at every
@@ -181,26 +187,43 @@ class OrderBook:
     (`is_retired`) at once; `retire_step`, run by the sweeper in chunks, moves it from the dict to
     `retired` (8 bytes, see `RetiredIds`). It scans `_queue`, every id in check order: it stops at
     the first order created after the horizon (every later one is younger), and moves an old order
-    that cannot retire yet (held, or changed since) to the back.
+    that cannot retire yet (held, or changed since) to the back. An archived order reads as retired
+    the same way (its stored time); it leaves the archive when a snapshot is written (`settled`),
+    and until then only a mapped file's pages hold it, which the kernel may take back.
     """
 
-    __slots__ = ("_orders", "_queue", "_fresh", "retired", "horizon")
+    __slots__ = ("_orders", "_queue", "_fresh", "retired", "horizon", "archive", "_gone")
 
     PACK_AFTER = 60  # seconds a settled order stays decoded: a repeat, a confirm or a cancel is likely soon
 
-    def __init__(self, orders: dict[str, Order | bytes] | None = None, retired: RetiredIds | None = None, horizon: int = 0) -> None:
+    def __init__(
+        self, orders: dict[str, Order | bytes] | None = None, retired: RetiredIds | None = None, horizon: int = 0, archive: Archive | None = None
+    ) -> None:
         self._orders: dict[str, Order | bytes] = orders if orders is not None else {}
         self._queue: deque[str] = deque(self._orders)
         self._fresh: deque[str] = deque(k for k, o in self._orders.items() if isinstance(o, Order))
         self.retired = retired if retired is not None else RetiredIds()
         self.horizon = horizon
+        self.archive = archive if archive is not None else Archive()
+        self._gone: set[int] = set()  # archive entries no longer the archive's: decoded into `_orders`, or retired
 
     def get(self, order_id: str) -> Order | None:
         order = self._orders.get(order_id)
         if isinstance(order, bytes):
             order = self._orders[order_id] = unpack(order_id, order)
             self._fresh.append(order_id)  # settled: pack it again once it is left alone
+        elif order is None and self.archive:
+            i = self._archived(order_id)
+            if i is not None:
+                self._gone.add(i)
+                self[order_id] = order = unpack(order_id, self.archive.entry(i)[1])
         return order
+
+    def _archived(self, order_id: str) -> int | None:
+        """The archive entry that is still `order_id` (one that is gone was decoded into `_orders`
+        and, not being there now, retired from it)."""
+        i = self.archive.find(order_id, fingerprint(order_id))
+        return None if i is None or i in self._gone else i
 
     def __getitem__(self, order_id: str) -> Order:
         order = self.get(order_id)
@@ -215,21 +238,26 @@ class OrderBook:
         self._orders[order_id] = order
 
     def __contains__(self, order_id: object) -> bool:
-        return order_id in self._orders
+        if order_id in self._orders:
+            return True
+        return isinstance(order_id, str) and bool(self.archive) and self._archived(order_id) is not None
 
     def __len__(self) -> int:
-        return len(self._orders)
+        return len(self._orders) + len(self.archive) - len(self._gone)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._orders)
+        yield from list(self._orders)
+        for i in range(len(self.archive)):
+            if i not in self._gone:
+                yield self.archive.entry(i)[0]
 
     def values(self) -> Iterator[Order]:
         """Every order, decoding those still in bytes (audits and tests; not the request path)."""
-        for order_id in list(self._orders):
+        for order_id in list(self):
             yield self[order_id]
 
     def items(self) -> Iterator[tuple[str, Order]]:
-        for order_id in list(self._orders):
+        for order_id in list(self):
             yield order_id, self[order_id]
 
     def held(self) -> list[Order]:
@@ -296,11 +324,12 @@ class OrderBook:
             packed += 1
         return looked, packed, True
 
-    def settled(self) -> dict[str, bytes]:
-        """For a snapshot: the orders that are neither held nor retired, packed. Those that read as
-        retired leave the dict for `retired` now (the snapshot holds what it would after the
-        sweeper's next round)."""
-        out: dict[str, bytes] = {}
+    def settled(self) -> bytes:
+        """For a snapshot: the archive (`actors.archive`) of the orders neither held nor retired.
+        Those that read as retired leave for `retired` now (the snapshot holds what it would after
+        the sweeper's next round). The archive's own entries are copied as they are: one pass over
+        its arrays, none decoded."""
+        fresh: list[tuple[int, int, bytes | memoryview]] = []
         gone: list[str] = []
         horizon = self.horizon
         for order_id, entry in self._orders.items():
@@ -309,13 +338,22 @@ class OrderBook:
                 continue
             if updated <= horizon:
                 gone.append(order_id)
-            elif isinstance(entry, Order):
-                out[order_id] = pack(entry)
+                continue
+            if isinstance(entry, Order):
+                entry = pack(entry)
             elif not is_packed(entry):  # the plain form of a format-2 snapshot
-                out[order_id] = pack(unpack(order_id, entry))
-            else:
-                out[order_id] = entry
+                entry = pack(unpack(order_id, entry))
+            fresh.append((fingerprint(order_id), updated, archive_entry(order_id, entry)))
         for order_id in gone:
             del self._orders[order_id]
             self.retired.add(order_id)
-        return out
+        archive, kept = self.archive, []
+        for i, (fp, updated) in enumerate(zip(archive.fingerprints, archive.updated)):
+            if i in self._gone:
+                continue
+            if updated <= horizon:
+                self._gone.add(i)
+                self.retired.add_fingerprint(fp)
+            else:
+                kept.append((fp, updated, archive.raw(i)))
+        return build_archive(sorted(kept + fresh, key=itemgetter(0)))  # `kept` is one sorted run: Timsort merges the rest into it

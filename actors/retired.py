@@ -54,7 +54,9 @@ class RetiredIds:
 
     def add(self, order_id: str) -> bool:
         """Remember `order_id` as retired; False if its fingerprint was known already."""
-        fp = fingerprint(order_id)
+        return self.add_fingerprint(fingerprint(order_id))
+
+    def add_fingerprint(self, fp: int) -> bool:
         part = self._parts[fp >> SHIFT]
         i = bisect_left(part, fp)
         if i < len(part) and part[i] == fp:

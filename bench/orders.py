@@ -4,7 +4,9 @@ Prints one JSON line: bytes per settled order decoded (as a check leaves it: the
 footprint and first answer, strings shared with the rest of the state counted once), packed (the
 book's form once it has settled for a minute: the bytes object, plus the dict entry, key and
 queue slot), in the snapshot, and retired (a fingerprint); how long packing takes per order; and
-the restore of a snapshot body holding `--orders` settled orders (decode into the order book).
+and a snapshot file holding `--orders` settled orders: its write (the book's dict into an archive),
+its restore (the file mapped, the archive read in place), a rewrite from the restored state (as
+compaction writes the next one) and a lookup in the archive.
 
     python -m bench.orders [--orders 10000000] [--sample 20000]
 """
@@ -15,11 +17,14 @@ import argparse
 import gc
 import json
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from actors.ledger import Ledger
 from actors.orders import Order, OrderBook, pack
 from bench.scenario import Scenario
 from domain.clock import ManualClock
@@ -28,6 +33,7 @@ from domain.schema import CheckRequest
 from domain.types import OrderState
 from gateway.codec import digest
 from node.coordinator import Coordinator
+from snapshots import snapshot as snapshot_files
 from snapshots import state as state_codec
 
 T0 = 1_800_000_000
@@ -79,26 +85,44 @@ def measure(orders: int, sample: int) -> dict[str, Any]:
     entry = sys.getsizeof({o.order_id: o for o in settled}) / sample + sum(sys.getsizeof(o.order_id) for o in settled) / sample + 8
     in_memory = sum(sys.getsizeof(p) for p in packed) / sample + entry
 
-    book = {f"o-{i:09d}": bytes(packed[i % sample]) for i in range(orders)}
-    body = msgspec.msgpack.encode(state_codec.State(3, 1, T0, {}, {}, {}, {}, [], book, 0, b""))
+    book = OrderBook({f"o-{i:09d}": bytes(packed[i % sample]) for i in range(orders)})
+    start = time.perf_counter()
+    body = state_codec.encode(build_config({}), Ledger(), book, T0, 1)
+    write_s = time.perf_counter() - start
     del book
     gc.collect()
     gc.disable()  # as a start does (`gc.freeze` follows)
-    start = time.perf_counter()
-    _, _, restored, _ = state_codec.decode(body)
-    restore_s = time.perf_counter() - start
-    assert isinstance(restored, OrderBook) and len(restored) == orders
+    with tempfile.TemporaryDirectory() as directory:
+        path = snapshot_files.write(Path(directory), 1, body)
+        del body
+        start = time.perf_counter()
+        _, (_, ledger, restored, _) = snapshot_files.read(path, state_codec.decode)
+        restore_s = time.perf_counter() - start
+        assert len(restored) == orders
+        rss_after = _rss_mb()
+        start = time.perf_counter()
+        again = state_codec.encode(build_config({}), ledger, restored, T0, 2)  # compaction: the archive carried through
+        rewrite_s = time.perf_counter() - start
+        size = len(again)
+        del again
+        start = time.perf_counter()
+        for i in range(0, orders, orders // 10_000):
+            assert f"o-{i:09d}" in restored
+        lookup_us = (time.perf_counter() - start) / 10_000 * 1e6
     return {
         "bench": "orders",
         "sample": sample,
         "decoded_bytes_per_order": round(decoded),
         "packed_bytes_per_order_in_memory": round(in_memory),
-        "snapshot_bytes_per_order": round(len(body) / orders),
+        "snapshot_bytes_per_order": round(size / orders),
         "retired_bytes_per_order": 8,
         "pack_us_per_order": round(pack_us, 1),
         "restore_orders": orders,
+        "snapshot_write_s": round(write_s, 2),
         "restore_s": round(restore_s, 2),
-        "rss_mb_after_restore": _rss_mb(),
+        "rss_mb_after_restore": rss_after,
+        "snapshot_rewrite_s": round(rewrite_s, 2),
+        "archive_lookup_us": round(lookup_us, 1),
     }
 
 

@@ -28,7 +28,9 @@ from typing import Any
 import msgspec
 import pytest
 
+from actors.archive import Archive, build, entry
 from actors.orders import Order
+from actors.retired import fingerprint
 from snapshots import journal_files
 from snapshots import snapshot as snapshot_files
 from snapshots.state import State
@@ -478,8 +480,15 @@ def crafted_bodies(body: bytes) -> Iterator[tuple[str, bytes]]:
         bad[field_index_order(fld)] = value
         yield label, msgspec.msgpack.encode(edited(held=[bad, *held_orders[1:]]))
     yield "held orders not a list", msgspec.msgpack.encode(edited(held={"o1": 1}))
-    yield "a held order also settled", msgspec.msgpack.encode(edited(settled={**settled, held[0]: next(iter(settled.values()))}))
-    yield "a settled order not bytes", msgspec.msgpack.encode(edited(settled={**settled, "o-x": [1, 2]}))
+    archive = Archive(settled)
+    entries = [(archive.fingerprints[i], archive.updated[i], archive.raw(i)) for i in range(len(archive))]
+    twice = (fingerprint(held[0]), T0, entry(held[0], archive.entry(0)[1]))
+    yield "a held order also settled", msgspec.msgpack.encode(edited(settled=build(sorted([*entries, twice], key=lambda e: e[0]))))
+    yield "settled orders as a map in format 4", msgspec.msgpack.encode(edited(settled={held[0]: archive.entry(0)[1]}))
+    yield "settled orders as an archive in format 3", msgspec.msgpack.encode(edited(format=3))
+    yield "an archive one byte short", msgspec.msgpack.encode(edited(settled=settled[:-1]))
+    yield "an archive counting more orders than it indexes", msgspec.msgpack.encode(edited(settled=b"\xff" * 8 + settled[8:]))
+    yield "an archive of three bytes", msgspec.msgpack.encode(edited(settled=b"abc"))
     # deep nesting, huge containers and strings
     yield "100000 nested arrays", b"\x91" * 100_000 + b"\xc0"
     yield "100000 nested arrays in the config", splice(edited(config={"settings": PLACEHOLDER}), b"\x91" * 100_000 + b"\xc0")
@@ -488,7 +497,7 @@ def crafted_bodies(body: bytes) -> Iterator[tuple[str, bytes]]:
     yield "a map declaring 2**32-1 entries", b"\xdf\xff\xff\xff\xff"
     yield "an array declaring 2**32-1 items", b"\xdd\xff\xff\xff\xff"
     yield "a str declaring 2**32-1 bytes", splice(edited(config={"settings": PLACEHOLDER}), b"\xdb\xff\xff\xff\xff")
-    yield "a bin declaring 2**32-1 bytes", splice(edited(settled={"o1": PLACEHOLDER}), b"\xc6\xff\xff\xff\xff")
+    yield "a bin declaring 2**32-1 bytes", splice(edited(settled=PLACEHOLDER), b"\xc6\xff\xff\xff\xff")
     big_map = {f"user\x1fu{i}": [0, b"\x96\x80\x80\x00\x00\x00\x00"] for i in range(200_000)}
     yield "a huge map of subjects, one bad", msgspec.msgpack.encode(edited(subjects={**big_map, "user\x1fbad": ["x", b""]}))
     yield "a huge string in the config", msgspec.msgpack.encode(edited(config={"settings": {"locale": "x" * 8_000_000}}))

@@ -337,29 +337,31 @@ async def test_snapshot_alone_restores_everything(tmp_path: Path) -> None:
 
 
 async def test_subjects_and_settled_orders_stay_encoded_until_used_and_behave_the_same(tmp_path: Path) -> None:
-    """A restore decodes the holds and leaves subject actors and settled orders in msgpack form
-    (time and memory); used later, each acts as if it had never left memory, and a snapshot of
-    the restored state carries the untouched ones through unchanged."""
+    """A restore decodes the holds and leaves subject actors in msgpack form and settled orders in
+    the archive (time and memory); used later, each acts as if it had never left memory, and a
+    snapshot of the restored state carries the untouched ones through unchanged."""
     coordinator, store = await open_store(tmp_path)
     await first_half(coordinator)
     await second_half(coordinator)
     store.snapshot_in_process(coordinator)
     restored, _ = await restore_dir(tmp_path)
-    stored = restored.orders._orders
+    archived = [restored.orders.archive.entry(i) for i in range(len(restored.orders.archive))]
     settled = {k for k, o in coordinator.orders.items() if o.state is not OrderState.HELD}
-    assert settled and {k for k, o in stored.items() if isinstance(o, bytes)} == settled
+    assert settled and {k for k, _ in archived} == settled
+    assert set(restored.orders._orders) == {o.order_id for o in coordinator.orders.held()}
     assert restored.held == coordinator.held == len(restored.orders.held())
     assert not restored.ledger.subjects and set(restored.ledger.cold) == set(coordinator.ledger.subjects)
     # a snapshot of the restored state (as compaction takes one) carries them through unchanged
     now = restored.clock.now()
     again = new_coordinator(ManualClock(now))
     again.adopt(*state_codec.decode(state_codec.encode(restored.config, restored.ledger, restored.orders, now, 1))[:3])
-    assert again.orders._orders == stored and again.ledger.cold == restored.ledger.cold
+    assert [again.orders.archive.entry(i) for i in range(len(again.orders.archive))] == archived
+    assert again.ledger.cold == restored.ledger.cold
     assert canonical(again) == canonical(coordinator)
     # a confirmed order cancelled after the restore gives back what it took, as it would have
     for c in (coordinator, restored):
         assert c.cancel("o1").state is OrderState.CANCELLED
-    assert isinstance(stored["o1"], Order)
+    assert isinstance(restored.orders._orders["o1"], Order)
     assert "user\x1fu1" in restored.ledger.subjects and "user\x1fu1" not in restored.ledger.cold
     assert canonical(restored) == canonical(coordinator)
     await journal_of(store).close()
