@@ -20,13 +20,11 @@ import struct
 import zlib
 from collections import deque
 from collections.abc import Iterator
-from operator import itemgetter
 
 import msgspec
 
-from actors.archive import Archive
-from actors.archive import build as build_archive
-from actors.archive import entry as archive_entry
+from actors.archive import Archive, Entries
+from actors.archive import write as write_archive
 from actors.retired import RetiredIds, fingerprint
 
 from domain.types import CounterKey, OrderState, SubjectKey, WindowKey
@@ -324,14 +322,12 @@ class OrderBook:
             packed += 1
         return looked, packed, True
 
-    def settled(self) -> bytes:
-        """For a snapshot: the archive (`actors.archive`) of the orders neither held nor retired.
-        Those that read as retired leave for `retired` now (the snapshot holds what it would after
-        the sweeper's next round). The archive's own entries are copied as they are: one pass over
-        its arrays, none decoded."""
-        fresh: list[tuple[int, int, bytes | memoryview]] = []
-        gone: list[str] = []
-        horizon = self.horizon
+    def settled(self) -> Iterator[bytes | memoryview]:
+        """For a snapshot: the archive (`actors.archive`) of the orders neither held nor retired,
+        as buffers to write one after the other. Those that read as retired leave for `retired`
+        now (the snapshot holds what it would after the sweeper's next round). The archive's own
+        entries are carried over as they are: none is decoded."""
+        fresh, gone, horizon = Entries(), [], self.horizon
         for order_id, entry in self._orders.items():
             state, _, updated = meta(order_id, entry)
             if state is OrderState.HELD:
@@ -343,17 +339,13 @@ class OrderBook:
                 entry = pack(entry)
             elif not is_packed(entry):  # the plain form of a format-2 snapshot
                 entry = pack(unpack(order_id, entry))
-            fresh.append((fingerprint(order_id), updated, archive_entry(order_id, entry)))
+            fresh.add(order_id, updated, entry)
         for order_id in gone:
             del self._orders[order_id]
             self.retired.add(order_id)
-        archive, kept = self.archive, []
-        for i, (fp, updated) in enumerate(zip(archive.fingerprints, archive.updated)):
-            if i in self._gone:
-                continue
-            if updated <= horizon:
+        archive = self.archive
+        for i, updated in enumerate(archive.updated):
+            if updated <= horizon and i not in self._gone:
                 self._gone.add(i)
-                self.retired.add_fingerprint(fp)
-            else:
-                kept.append((fp, updated, archive.raw(i)))
-        return build_archive(sorted(kept + fresh, key=itemgetter(0)))  # `kept` is one sorted run: Timsort merges the rest into it
+                self.retired.add_fingerprint(archive.fingerprints[i])
+        return write_archive(archive, set(self._gone), fresh)

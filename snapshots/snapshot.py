@@ -13,7 +13,7 @@ import hashlib
 import mmap
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -42,19 +42,25 @@ def snapshots(directory: Path) -> list[tuple[int, Path]]:
     return numbered(directory, "snapshot-*.fgs")[::-1]
 
 
-def write(directory: Path, lsn: int, body: bytes) -> Path:
+def write(directory: Path, lsn: int, body: Iterable[bytes | memoryview]) -> Path:
     """Write a snapshot atomically and durably; returns its path. Raises OSError on failure, having
-    removed its temporary file, so the snapshots already there stay as they were."""
-    header = HEADER.pack(MAGIC, VERSION, 0, lsn, len(body), hashlib.blake2b(body, digest_size=16).digest())
+    removed its temporary file, so the snapshots already there stay as they were. `body` comes
+    as buffers, written (and checksummed) as they come: the header, which holds the length and
+    the checksum, is written last, before the fsync."""
     final = snapshot_path(directory, lsn)
     tmp = final.with_suffix(".tmp")
+    checksum, length = hashlib.blake2b(digest_size=16), 0
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            for chunk in (header, body):
+            os.lseek(fd, HEADER.size, os.SEEK_SET)
+            for chunk in body:
+                checksum.update(chunk)
+                length += len(chunk)
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view) :]
+            os.pwrite(fd, HEADER.pack(MAGIC, VERSION, 0, lsn, length, checksum.digest()), 0)
             os.fsync(fd)
         finally:
             os.close(fd)

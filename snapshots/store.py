@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -205,7 +206,7 @@ class Store:
         self._retire(lsn, path, 0.0)
         return path
 
-    def _dump(self, coordinator: Coordinator, lsn: int) -> bytes:
+    def _dump(self, coordinator: Coordinator, lsn: int) -> Iterator[bytes | memoryview]:
         return encode(coordinator.config, coordinator.ledger, coordinator.orders, coordinator.clock.now(), lsn)
 
     def _retire(self, lsn: int, path: Path, seconds: float) -> None:

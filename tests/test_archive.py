@@ -16,7 +16,7 @@ import msgpack
 import msgspec
 import pytest
 
-from actors.archive import Archive, ArchiveInvalid, build, entry
+from actors.archive import Archive, ArchiveInvalid, Entries, write
 from actors.orders import OrderBook, pack, unpack
 from actors.retired import fingerprint
 from domain.errors import NotFound
@@ -26,7 +26,7 @@ from gateway.codec import digest
 from node.coordinator import Coordinator
 from snapshots import state as state_codec
 from tests.test_order_retention import DAY
-from tests.test_snapshot_restore import advance, check, new_coordinator, open_store, order_body, restore_dir
+from tests.test_snapshot_restore import advance, check, new_coordinator, open_store, order_body, restore_dir, state_document
 
 
 def archived(book: OrderBook) -> dict[str, OrderState]:
@@ -49,9 +49,18 @@ def settled_coordinator() -> Coordinator:
     return coordinator
 
 
+def build(entries: list[tuple[int, int, str, bytes]]) -> bytes:
+    """An archive of (fingerprint, updated_at, id, packed) in any order."""
+    fresh = Entries()
+    for fp, updated, order_id, packed in entries:
+        fresh.add(order_id, updated, packed)
+        fresh.fingerprints[-1] = fp  # as given: two ids may share one
+    return b"".join(write(Archive(), (), fresh))
+
+
 def restored_from_body(coordinator: Coordinator) -> Coordinator:
     now = coordinator.clock.now()
-    body = state_codec.encode(coordinator.config, coordinator.ledger, coordinator.orders, now, 1)
+    body = b"".join(state_codec.encode(coordinator.config, coordinator.ledger, coordinator.orders, now, 1))
     again = new_coordinator(coordinator.clock)
     again.adopt(*state_codec.decode(body)[:3])
     return again
@@ -59,9 +68,9 @@ def restored_from_body(coordinator: Coordinator) -> Coordinator:
 
 def test_an_archive_finds_every_id_it_holds_and_no_other() -> None:
     ids = [f"order-{n}" for n in range(3000)] + ["订单-1", "x" * 300]
-    blob = build(sorted(((fingerprint(i), n, entry(i, f"packed {i}".encode())) for n, i in enumerate(ids)), key=lambda e: e[0]))
+    blob = build([(fingerprint(i), n, i, f"packed {i}".encode()) for n, i in enumerate(ids)])
     archive = Archive(blob)
-    assert len(archive) == len(ids) and len(blob) == 8 + 24 * len(ids) + sum(2 + len(i.encode()) + 7 + len(i.encode()) for i in ids)
+    assert len(archive) == len(ids) and len(blob) == 8 + 28 * len(ids) + sum(2 + len(i.encode()) + 7 + len(i.encode()) for i in ids)
     for order_id in ids[::97] + ids[-2:]:
         i = archive.find(order_id, fingerprint(order_id))
         assert i is not None and archive.entry(i) == (order_id, f"packed {order_id}".encode())
@@ -71,7 +80,7 @@ def test_an_archive_finds_every_id_it_holds_and_no_other() -> None:
 
 
 def test_two_ids_sharing_a_fingerprint_are_told_apart_by_the_stored_id() -> None:
-    blob = build([(42, 1, entry("a", b"A")), (42, 2, entry("b", b"B")), (43, 3, entry("c", b"C"))])
+    blob = build([(42, 1, "a", b"A"), (42, 2, "b", b"B"), (43, 3, "c", b"C")])
     archive = Archive(blob)
     assert [archive.entry(archive.find(i, fp) or 0) for i, fp in (("a", 42), ("b", 42), ("c", 43))] == [("a", b"A"), ("b", b"B"), ("c", b"C")]
     assert archive.find("z", 42) is None
@@ -79,8 +88,8 @@ def test_two_ids_sharing_a_fingerprint_are_told_apart_by_the_stored_id() -> None
 
 @pytest.mark.parametrize(
     "blob",
-    [b"abc", b"\x05" + b"\x00" * 7, build([(1, 1, entry("a", b"A"))])[:-1], build([(1, 1, entry("a", b"A"))]) + b"!"],
-    ids=["no header", "counts more than it indexes", "one byte short", "one byte over"],
+    [b"abc", b"\x05" + b"\x00" * 7, build([(1, 1, "a", b"A")])[:30]],
+    ids=["no header", "counts more than it indexes", "its index cut short"],
 )
 def test_a_wrong_layout_is_refused(blob: bytes) -> None:
     with pytest.raises(ArchiveInvalid):
@@ -139,7 +148,7 @@ def test_an_archived_order_used_then_retired_from_the_book_is_not_found_in_the_a
 
 def test_formats_2_and_3_are_read_into_the_book_itself() -> None:
     coordinator = settled_coordinator()
-    fields = msgpack.unpackb(state_codec.encode(coordinator.config, coordinator.ledger, coordinator.orders, coordinator.clock.now(), 3))
+    fields = state_document(coordinator)
     o1 = coordinator.orders["o1"]
     three = [3, *fields[1:8], {"o1": pack(o1)}, fields[9], fields[10]]
     _, _, orders, _ = state_codec.decode(msgpack.packb(three, use_bin_type=True))
@@ -159,3 +168,21 @@ async def test_a_snapshot_file_is_read_in_place_and_stays_readable_once_removed(
     assert isinstance(view.obj, mmap.mmap)  # the file's own pages, not a copy
     path.unlink()  # as pruning removes it: the mapping keeps its blocks
     assert restored.order("o2").state is OrderState.CONFIRMED
+
+
+def test_a_rewrite_keeps_the_data_as_it_is_until_more_than_half_would_be_dead() -> None:
+    ids = [f"o{n}" for n in range(10)]
+    archive = Archive(build([(fingerprint(i), 1, i, b"p" * 100) for i in ids]))
+    data = len(archive._data)
+    new = Entries()
+    new.add("n1", 2, b"q" * 100)
+    at = {archive.entry(n)[0]: n for n in range(len(archive))}
+    # one entry dropped, one added: the old data carried over as it is, the new entry after it
+    kept = Archive(b"".join(write(archive, {at[ids[0]]}, new)))
+    assert len(kept._data) == data + len(b"\x02\x00n1") + 100
+    assert {kept.entry(i)[0] for i in range(len(kept))} == {*ids[1:], "n1"}
+    assert kept.find(ids[0], fingerprint(ids[0])) is None and kept.entry(kept.find("n1", fingerprint("n1")) or 0)[1] == b"q" * 100
+    # six dropped: more than half dead, so the live entries are copied anew and nothing else
+    packed = Archive(b"".join(write(archive, {at[i] for i in ids[:6]}, new)))
+    assert len(packed._data) == sum((2 + len(i)) + 100 for i in [*ids[6:], "n1"])
+    assert all(packed.entry(packed.find(i, fingerprint(i)) or 0)[0] == i for i in [*ids[6:], "n1"])

@@ -28,12 +28,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from actors.archive import Archive, build, entry
+from actors.archive import Archive, Entries, write
 from actors.orders import Order
-from actors.retired import fingerprint
 from snapshots import journal_files
 from snapshots import snapshot as snapshot_files
-from snapshots.state import State
+from snapshots.state import ARCHIVED, State
 from snapshots.store import RestoreError
 from tests.test_snapshot_restore import (
     T0,
@@ -435,8 +434,12 @@ def splice(doc: Any, raw: bytes) -> bytes:
 
 
 def crafted_bodies(body: bytes) -> Iterator[tuple[str, bytes]]:
-    """Bodies that decode as msgpack (or nearly) but are no valid state."""
-    doc = msgspec.msgpack.decode(body)
+    """Bodies that decode as msgpack (or nearly) but are no valid state: a format-4 body is the
+    state's document, then the settled orders' archive (see `snapshots.state`)."""
+    assert body[0] == ARCHIVED
+    length = int.from_bytes(body[1:9], "little")
+    doc = msgspec.msgpack.decode(body[9 : 9 + length])
+    settled = body[9 + length :]
     assert isinstance(doc, list)
 
     def edited(**changes: Any) -> Any:
@@ -445,27 +448,35 @@ def crafted_bodies(body: bytes) -> Iterator[tuple[str, bytes]]:
             out[field_index(State, name)] = value
         return out
 
+    def wrapped(document: Any, archive: bytes = settled) -> bytes:
+        raw = document if isinstance(document, bytes) else msgspec.msgpack.encode(document)
+        return bytes([ARCHIVED]) + len(raw).to_bytes(8, "little") + raw + archive
+
     yield "nil", b"\xc0"
     yield "empty array", msgspec.msgpack.encode([])
     yield "empty map", msgspec.msgpack.encode({})
     yield "a string", msgspec.msgpack.encode("state")
     yield "an integer", msgspec.msgpack.encode(12345)
-    yield "one field short", msgspec.msgpack.encode(doc[:-1])
-    yield "as a map", msgspec.msgpack.encode(dict(zip([f.name for f in msgspec.structs.fields(State)], doc)))
-    yield "format 1 (before settled orders were kept as bytes)", msgspec.msgpack.encode(edited(format=1))
-    yield "format as a string", msgspec.msgpack.encode(edited(format="1"))
-    yield "now as a float", msgspec.msgpack.encode(edited(now=1.5))
-    yield "config invalid", msgspec.msgpack.encode(edited(config={"skus": "nope"}))
-    yield "config unknown section", msgspec.msgpack.encode(edited(config={"weird": {}}))
-    yield "subjects a list", msgspec.msgpack.encode(edited(subjects=[1, 2, 3]))
-    yield "a subject not [sweep_at, blob]", msgspec.msgpack.encode(edited(subjects={"user\x1fu1": [{}, {}, 0, 0]}))
-    yield "a subject's sweep_at a string", msgspec.msgpack.encode(edited(subjects={"user\x1fu1": ["0", b""]}))
-    yield "a subject's blob not bytes", msgspec.msgpack.encode(edited(subjects={"user\x1fu1": [0, [{}, {}, 0, 0]]}))
-    yield "activities wrong", msgspec.msgpack.encode(edited(activities={"A1": ["held", 0]}))
-    yield "skus wrong", msgspec.msgpack.encode(edited(skus={"S1": ["1", 0]}))
+    yield "the document alone, without its archive", msgspec.msgpack.encode(doc)
+    yield "a format-3 document before an archive", wrapped(edited(format=3))
+    yield "a document longer than the body", bytes([ARCHIVED]) + (1 << 40).to_bytes(8, "little") + msgspec.msgpack.encode(doc)
+    yield "a body of its first byte", bytes([ARCHIVED])
+    yield "one field short", wrapped(doc[:-1])
+    yield "as a map", wrapped(dict(zip([f.name for f in msgspec.structs.fields(State)], doc)))
+    yield "format 1 (before settled orders were kept as bytes)", wrapped(edited(format=1))
+    yield "format as a string", wrapped(edited(format="1"))
+    yield "now as a float", wrapped(edited(now=1.5))
+    yield "config invalid", wrapped(edited(config={"skus": "nope"}))
+    yield "config unknown section", wrapped(edited(config={"weird": {}}))
+    yield "subjects a list", wrapped(edited(subjects=[1, 2, 3]))
+    yield "a subject not [sweep_at, blob]", wrapped(edited(subjects={"user\x1fu1": [{}, {}, 0, 0]}))
+    yield "a subject's sweep_at a string", wrapped(edited(subjects={"user\x1fu1": ["0", b""]}))
+    yield "a subject's blob not bytes", wrapped(edited(subjects={"user\x1fu1": [0, [{}, {}, 0, 0]]}))
+    yield "activities wrong", wrapped(edited(activities={"A1": ["held", 0]}))
+    yield "skus wrong", wrapped(edited(skus={"S1": ["1", 0]}))
     held_orders = doc[field_index(State, "held")]
-    settled = doc[field_index(State, "settled")]
-    assert held_orders and settled, "the base state has held and settled orders"
+    archive = Archive(settled)
+    assert held_orders and archive, "the base state has held and settled orders"
     held = held_orders[0]
     for label, fld, value in (
         ("order state unknown", "state", "paused"),
@@ -478,31 +489,28 @@ def crafted_bodies(body: bytes) -> Iterator[tuple[str, bytes]]:
     ):
         bad = list(held)
         bad[field_index_order(fld)] = value
-        yield label, msgspec.msgpack.encode(edited(held=[bad, *held_orders[1:]]))
-    yield "held orders not a list", msgspec.msgpack.encode(edited(held={"o1": 1}))
-    archive = Archive(settled)
-    entries = [(archive.fingerprints[i], archive.updated[i], archive.raw(i)) for i in range(len(archive))]
-    twice = (fingerprint(held[0]), T0, entry(held[0], archive.entry(0)[1]))
-    yield "a held order also settled", msgspec.msgpack.encode(edited(settled=build(sorted([*entries, twice], key=lambda e: e[0]))))
-    yield "settled orders as a map in format 4", msgspec.msgpack.encode(edited(settled={held[0]: archive.entry(0)[1]}))
-    yield "settled orders as an archive in format 3", msgspec.msgpack.encode(edited(format=3))
-    yield "an archive one byte short", msgspec.msgpack.encode(edited(settled=settled[:-1]))
-    yield "an archive counting more orders than it indexes", msgspec.msgpack.encode(edited(settled=b"\xff" * 8 + settled[8:]))
-    yield "an archive of three bytes", msgspec.msgpack.encode(edited(settled=b"abc"))
+        yield label, wrapped(edited(held=[bad, *held_orders[1:]]))
+    yield "held orders not a list", wrapped(edited(held={"o1": 1}))
+    also = Entries()
+    also.add(held[0], T0, archive.entry(0)[1])
+    yield "a held order also settled", wrapped(doc, b"".join(write(archive, (), also)))
+    yield "settled orders in the document too", wrapped(edited(settled={held[0]: archive.entry(0)[1]}))
+    yield "an archive of three bytes", wrapped(doc, b"abc")
+    yield "an archive counting more orders than it indexes", wrapped(doc, b"\xff" * 8 + settled[8:])
     # deep nesting, huge containers and strings
     yield "100000 nested arrays", b"\x91" * 100_000 + b"\xc0"
-    yield "100000 nested arrays in the config", splice(edited(config={"settings": PLACEHOLDER}), b"\x91" * 100_000 + b"\xc0")
-    yield "100000 nested maps in the config", splice(edited(config={"settings": PLACEHOLDER}), b"\x81\xa1k" * 100_000 + b"\xc0")
-    yield "nested arrays as a subject", splice(edited(subjects={"user\x1fu1": PLACEHOLDER}), b"\x91" * 100_000 + b"\xc0")
+    yield "100000 nested arrays in the config", wrapped(splice(edited(config={"settings": PLACEHOLDER}), b"\x91" * 100_000 + b"\xc0"))
+    yield "100000 nested maps in the config", wrapped(splice(edited(config={"settings": PLACEHOLDER}), b"\x81\xa1k" * 100_000 + b"\xc0"))
+    yield "nested arrays as a subject", wrapped(splice(edited(subjects={"user\x1fu1": PLACEHOLDER}), b"\x91" * 100_000 + b"\xc0"))
     yield "a map declaring 2**32-1 entries", b"\xdf\xff\xff\xff\xff"
     yield "an array declaring 2**32-1 items", b"\xdd\xff\xff\xff\xff"
-    yield "a str declaring 2**32-1 bytes", splice(edited(config={"settings": PLACEHOLDER}), b"\xdb\xff\xff\xff\xff")
-    yield "a bin declaring 2**32-1 bytes", splice(edited(settled=PLACEHOLDER), b"\xc6\xff\xff\xff\xff")
+    yield "a str declaring 2**32-1 bytes", wrapped(splice(edited(config={"settings": PLACEHOLDER}), b"\xdb\xff\xff\xff\xff"))
+    yield "a bin declaring 2**32-1 bytes", wrapped(splice(edited(retired=PLACEHOLDER), b"\xc6\xff\xff\xff\xff"))
     big_map = {f"user\x1fu{i}": [0, b"\x96\x80\x80\x00\x00\x00\x00"] for i in range(200_000)}
-    yield "a huge map of subjects, one bad", msgspec.msgpack.encode(edited(subjects={**big_map, "user\x1fbad": ["x", b""]}))
-    yield "a huge string in the config", msgspec.msgpack.encode(edited(config={"settings": {"locale": "x" * 8_000_000}}))
+    yield "a huge map of subjects, one bad", wrapped(edited(subjects={**big_map, "user\x1fbad": ["x", b""]}))
+    yield "a huge string in the config", wrapped(edited(config={"settings": {"locale": "x" * 8_000_000}}))
     yield "a huge string as the state", msgspec.msgpack.encode("y" * 8_000_000)
-    yield "a valid state with trailing bytes", body + b"\xc0"
+    yield "a valid document with trailing bytes", wrapped(msgspec.msgpack.encode(doc) + b"\xc0")
 
 
 def field_index_order(name: str) -> int:

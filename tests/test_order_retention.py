@@ -29,7 +29,7 @@ from snapshots import state as state_codec
 from snapshots.store import Store
 from domain.types import Decision, OrderState
 from tests.conftest import Gateway, MakeGateway, base_config, discount, item, order
-from tests.test_snapshot_restore import advance, check, new_coordinator, open_store, order_body, restore_dir
+from tests.test_snapshot_restore import advance, check, new_coordinator, open_store, order_body, restore_dir, state_document
 
 DAY = 86_400
 
@@ -264,13 +264,11 @@ def test_a_format_2_snapshot_body_is_still_read() -> None:
     assert check(coordinator, order_body("o1", "u1")).decision is Decision.ALLOW
     coordinator.confirm("o1")
     assert check(coordinator, order_body("o2", "u2")).decision is Decision.ALLOW
-    fields = msgpack.unpackb(
-        state_codec.encode(coordinator.config, coordinator.ledger, coordinator.orders, coordinator.clock.now(), 3), raw=False
-    )
+    fields = state_document(coordinator)
     assert len(fields) == 11
     old = [2, *fields[1:8], {"o1": msgspec.msgpack.encode(coordinator.orders["o1"])}]
     config, ledger, orders, now = state_codec.decode(msgpack.packb(old, use_bin_type=True))
     assert orders["o1"].state is OrderState.CONFIRMED and orders["o2"].state is OrderState.HELD
     assert not orders.retired and now == coordinator.clock.now()
-    with pytest.raises(state_codec.StateInvalid):  # format 3 one field short
+    with pytest.raises(state_codec.StateInvalid):  # a document one field short
         state_codec.decode(msgpack.packb(fields[:10], use_bin_type=True))

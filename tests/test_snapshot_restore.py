@@ -118,6 +118,16 @@ def claim(coordinator: Coordinator, user: str, coupon: str = "C1") -> CheckRespo
     return coordinator.claim(ClaimRequest(user_id=user, coupon_id=coupon))
 
 
+def state_document(coordinator: Coordinator) -> list[Any]:
+    """The msgpack document of a snapshot body of the coordinator's state (the archive of settled
+    orders follows it: see `snapshots.state`)."""
+    body = b"".join(state_codec.encode(coordinator.config, coordinator.ledger, coordinator.orders, coordinator.clock.now(), 3))
+    length = int.from_bytes(body[1:9], "little")
+    document = msgspec.msgpack.decode(body[9 : 9 + length])
+    assert isinstance(document, list)
+    return document
+
+
 def new_coordinator(clock: Clock | None = None, config: dict[str, Any] | None = None) -> Coordinator:
     return Coordinator(build_config(config if config is not None else durable_config()), clock or ManualClock(T0))
 
@@ -354,7 +364,7 @@ async def test_subjects_and_settled_orders_stay_encoded_until_used_and_behave_th
     # a snapshot of the restored state (as compaction takes one) carries them through unchanged
     now = restored.clock.now()
     again = new_coordinator(ManualClock(now))
-    again.adopt(*state_codec.decode(state_codec.encode(restored.config, restored.ledger, restored.orders, now, 1))[:3])
+    again.adopt(*state_codec.decode(b"".join(state_codec.encode(restored.config, restored.ledger, restored.orders, now, 1)))[:3])
     assert [again.orders.archive.entry(i) for i in range(len(again.orders.archive))] == archived
     assert again.ledger.cold == restored.ledger.cold
     assert canonical(again) == canonical(coordinator)
