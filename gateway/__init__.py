@@ -8,7 +8,8 @@ Packages, each importing only those below it:
   configuration store, the Functions library `flashguard.lua`).
 - `node`: the single node's coordinator.
 - `rules`: the one rule set of both modes (checks, subjects, decide, changes).
-- `actors`: the ledger of subject, activity and SKU actors, windows, orders, the expiry heap.
+- `actors`: the ledger of subject, activity and SKU actors, windows, orders (with the ids of
+  retired ones, and the archive that settled orders restore into), the expiry heap.
 - `domain`: types, configuration, schema, values, lists, messages, errors, clock.
 
 This package, in the order a request meets it:
