@@ -12,6 +12,7 @@ The helpers at the top (a configuration, order bodies, `canonical`, `restore_dir
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -331,6 +332,23 @@ async def test_snapshot_plus_the_journal_after_it(tmp_path: Path, forked: bool) 
     assert canonical(restored) == canonical(coordinator)
     assert_same_future(coordinator, restored)
     await journal_of(store).close()
+
+
+def test_the_snapshot_process_runs_below_a_realtime_server() -> None:
+    """A server started under a realtime policy (`chrt -r`) passes it on to the snapshot process it
+    starts; that process drops to the batch policy at nice 10, so it never takes turns with the
+    server on its core."""
+    code = "import os; from snapshots.compact import background; background(); print(os.sched_getscheduler(0), os.nice(0))"
+    chrt = shutil.which("chrt")
+    if chrt is None:
+        pytest.skip("chrt (util-linux) is not installed")
+    try:
+        out = subprocess.run([chrt, "-r", "1", sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    except subprocess.CalledProcessError as e:
+        if "Operation not permitted" in e.stderr or "failed to set pid" in e.stderr:
+            pytest.skip("this user may not set a realtime policy")
+        raise
+    assert [int(x) for x in out] == [os.SCHED_BATCH, os.nice(0) + 10]
 
 
 async def test_snapshot_alone_restores_everything(tmp_path: Path) -> None:
