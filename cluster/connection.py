@@ -250,8 +250,15 @@ async def _load_library(redis: Redis) -> None:
     try:
         codes = _codes(await client.function_list(library=LIBRARY_NAME, withcode=True))
         if not codes:
-            await client.function_load(LIBRARY)
-            return
+            try:
+                await client.function_load(LIBRARY)
+                return
+            except ResponseError as e:
+                if "already exists" not in str(e):
+                    raise
+            # Another gateway starting beside this one (a sibling worker) loaded it between our
+            # list and our load: judge its version like any library found at start.
+            codes = _codes(await client.function_list(library=LIBRARY_NAME, withcode=True))
     except ResponseError as e:
         raise RedisDown(f"Redis refused the Functions library (Redis 7 or later is needed): {e}") from None
     except (RedisError, OSError) as e:

@@ -24,6 +24,7 @@ import msgpack
 import pytest
 import redis
 
+from cluster.connection import connect
 from tests.conftest import TOKEN
 from tests.redis_servers import NotReady, free_port, poll, start_server
 
@@ -282,6 +283,24 @@ async def test_redis_unreachable_is_503_and_the_gateway_recovers_by_itself(tmp_p
         assert float(failed.split()[-1]) >= 3  # the check, the admin read and /healthz at least
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("kind", ["single", "cluster"])
+async def test_gateways_starting_together_on_an_empty_redis_all_accept_the_one_library(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    """Workers start at once: all read "no library", one loads it, and the others' loads find it
+    there ("already exists"). They must then judge the loaded library, not refuse to start."""
+    url = request.getfixturevalue("redis_url" if kind == "single" else "redis_cluster_1_url")
+    started = await asyncio.gather(*(connect(url) for _ in range(4)), return_exceptions=True)
+    gateways = [g for g in started if not isinstance(g, BaseException)]
+    try:
+        assert len(gateways) == 4, [g for g in started if isinstance(g, BaseException)]
+        for gateway in gateways:
+            assert await gateway.client.fcall("fg_version", 0) is not None
+    finally:
+        for gateway in gateways:
+            await gateway.close()
 
 
 def test_a_gateway_refuses_to_start_against_another_library_version(redis_url: str, tmp_path: Path) -> None:
