@@ -137,8 +137,11 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    app[DECISIONS].flush()
-    await service.stop()
+    app[DECISIONS].flush()  # before the final snapshot prunes the journal that could write its lines again
+    try:
+        await service.stop()
+    finally:
+        app[DECISIONS].close()
 
 
 def make_app(

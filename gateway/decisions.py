@@ -6,8 +6,10 @@ When a real buyer complains, support asks "why was this order refused?": `GET
 recent ones also stay in memory. The log is an observer, not the state (the journal is), so it
 never delays an answer: a request only appends what it decided to `_pending`, and one callback
 per event-loop tick (`drain`) counts the checks into the figures (`Stats`) and encodes the lines,
-which the lifecycle's task writes once a second. A check's line holds its whole request, which is
-what `flashguard replay` re-runs: a JSON body on one line is spliced in as it came, not re-encoded.
+which the sweeper hands to a writer thread once a second (a second of a sale's lines is megabytes:
+written on the loop, it stalled every answer 10-18 ms). A check's line holds its whole request,
+which is what `flashguard replay` re-runs: a JSON body on one line is spliced in as it came, not
+re-encoded.
 
 What a crash takes from the buffer the journal still holds. Each line carries the position
 (`lsn`) of the journal record it is about, and at start `restore` writes the lines for the records
@@ -24,6 +26,7 @@ import logging
 import os
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -44,6 +47,7 @@ log = logging.getLogger("flashguard.decisions")
 
 ROTATE_BYTES = 64 * 1024 * 1024
 KEEP_FILES = 20
+IOV = 512  # lines per writev: under the kernel's IOV_MAX (1024)
 IN_MEMORY = 10_000
 CHECKPOINT = "figures.json"
 # The journal records that are not admin changes, which change the configuration's version.
@@ -149,6 +153,9 @@ class DecisionLog:
         self._pending: list[_Check | tuple[dict[str, Any], int | None]] = []
         self._buffer: list[bytes] = []
         self._file: Path | None = None
+        self._size = 0  # bytes of `_file` written or handed to the writer
+        # One thread, so writes land in the order they were handed over.
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="flashguard-decisions")
         self.journal: Journal | None = None  # set by `restore`: the lines' positions are in it
         self._logged = 0  # the journal position up to which the log has every line
         if directory is not None:
@@ -250,31 +257,67 @@ class DecisionLog:
         """Memory and the file buffer share the bytes; a search decodes them."""
         self.recent.append(line)
         if self.directory is not None:
-            self._buffer.append(line + b"\n")
+            self._buffer.append(line)
+            self._buffer.append(b"\n")
         if lsn is not None:
             self._logged = max(self._logged, lsn)
 
     def flush(self) -> None:
-        """Append what is buffered to the current file, rotating when it is full. A new file (the
-        first after a start, or past ROTATE_BYTES) gets a checkpoint once its first lines are in:
-        the figures then count exactly the lines written."""
+        """Write out what is buffered now, the writer's earlier work first: at start, before a
+        snapshot's journal rotation (see `Journal.rotate`) and at shutdown."""
+        handed = self._hand_off()
+        if handed is not None:
+            handed.result()
+
+    async def flush_soon(self) -> None:
+        """The sweeper's flush: the writer thread writes while the loop goes on answering."""
+        handed = self._hand_off()
+        if handed is not None:
+            await asyncio.shield(asyncio.wrap_future(handed))  # a sweeper cancelled at shutdown still writes them
+
+    def close(self) -> None:
+        self.flush()
+        self._writer.shutdown()
+
+    def _hand_off(self) -> Future[None] | None:
+        """Give the buffered lines to the writer, rotating when the file would pass ROTATE_BYTES. A
+        new file (the first after a start, or past ROTATE_BYTES) gets a checkpoint once its first
+        lines are in: the figures then count exactly the lines written. Which file, and the
+        checkpoint's figures, are settled here on the loop, with the lines they go with."""
         self.drain()
         if not self._buffer or self.directory is None:
-            return
-        data, self._buffer = b"".join(self._buffer), []
-        new = self._file is None or self._file.stat().st_size + len(data) > ROTATE_BYTES
-        if self._file is None or new:
+            return None
+        lines, self._buffer = self._buffer, []
+        size = sum(map(len, lines))
+        checkpoint = None
+        if self._file is None or self._size + size > ROTATE_BYTES:
             ns = time.time_ns()  # one reading: two could straddle a second and sort a newer file first
             self._file = self.directory / f"decisions-{time.strftime('%Y%m%d-%H%M%S', time.localtime(ns // 10**9))}-{ns % 10**9:09d}.jsonl"
+            self._size = 0
+            checkpoint = _Checkpoint(self._file.name, size, self._logged, self._stats.figures())
+        self._size += size
+        return self._writer.submit(self._write, self.directory, self._file, lines, checkpoint)
+
+    def _write(self, directory: Path, path: Path, lines: list[bytes], checkpoint: _Checkpoint | None) -> None:
+        """In the writer thread (`writev` copies the lines straight from their buffers)."""
+        if checkpoint is not None:
             for old in self.files()[KEEP_FILES - 1 :]:
                 old.unlink(missing_ok=True)
-        with self._file.open("ab") as f:
-            f.write(data)
-            end = f.tell()
-        if new:
-            tmp = self.directory / (CHECKPOINT + ".tmp")
-            tmp.write_bytes(_encoder.encode(_Checkpoint(self._file.name, end, self._logged, self._stats.figures())))
-            os.replace(tmp, self.directory / CHECKPOINT)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            for i in range(0, len(lines), IOV):
+                chunk = lines[i : i + IOV]
+                written = os.writev(fd, chunk)
+                if written < sum(map(len, chunk)):  # short (the disk filling up): the rest one write at a time
+                    rest = memoryview(b"".join(chunk))[written:]
+                    while rest:
+                        rest = rest[os.write(fd, rest) :]
+        finally:
+            os.close(fd)
+        if checkpoint is not None:
+            tmp = directory / (CHECKPOINT + ".tmp")
+            tmp.write_bytes(_encoder.encode(checkpoint))
+            os.replace(tmp, directory / CHECKPOINT)
 
     def restore(self, coordinator: Coordinator | None = None) -> None:
         """At start, once the state is restored: rebuild `stats`' figures from the checkpoint and

@@ -180,7 +180,7 @@ class NodeService:
     async def _sweep(self) -> None:
         """Drain the expiry heap between requests (and flush the decision log), then retire and
         pack settled orders (`_tidy`)."""
-        self.decisions.flush()
+        await self.decisions.flush_soon()
         journal = self.coordinator.journal
         if journal.writable() or await journal.retry():
             if self.coordinator.expire_due(self.coordinator.clock.now()):
@@ -285,7 +285,7 @@ class ClusterService:
 
     async def _sweep(self) -> None:
         """Finish what dead gateways left, count out holds, and flush the decision log."""
-        self.decisions.flush()
+        await self.decisions.flush_soon()
         await self.coordinator.sweep()
 
     async def start(self) -> list[asyncio.Task[None]]:
