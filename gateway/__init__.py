@@ -23,13 +23,15 @@ This package, in the order a request meets it:
   body, await one call of the service, queue the decision's log line and figures (`decisions`
   counts and encodes them once per event-loop tick), answer.
 - `codec`: JSON and MessagePack bodies, validated into `domain.schema`'s typed requests.
-- `service`: the one interface those call, over either mode (`NodeService`, `ClusterService`).
+- `service`: the one interface those call, over either mode (`NodeService`, `ClusterService`);
+  `batch` runs the single node's state changes of one loop turn back to back under one commit.
 - `decisions`: the decision log; `replay`: a rule change tried on logged traffic.
 - `keys`: the app's typed keys.
 
-A check on the single node: HTTP -> codec -> service -> `node.coordinator` (the `rules` read the
-ledger and decide; the journal record is appended; the footprint is applied to the `actors`) ->
-the service awaits the journal's commit -> answer. The coordinator's step never awaits, so the
+A check on the single node: HTTP -> codec -> service -> `batch` (the loop turn's checks, confirms,
+cancels and claims, in the order they came) -> `node.coordinator` (the `rules` read the ledger and
+decide; the journal record is appended; the footprint is applied to the `actors`) -> the batch
+awaits one journal commit for all of them -> answer. The coordinator's step never awaits, so the
 single event loop is the only writer and no lock guards any state. (The journal's writer thread
 shares only its buffer of encoded records, under a lock held for an append.)
 

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import ParamSpec, Protocol, TypeVar
 
 import msgspec
@@ -27,6 +28,7 @@ from domain.clock import ManualClock
 from domain.config import Config
 from domain.schema import CheckRequest, CheckResponse, ClaimRequest, OrderView
 from domain.types import Record
+from gateway.batch import Batch
 from gateway.decisions import DecisionLog
 from node.coordinator import Coordinator
 from snapshots.store import Store
@@ -114,6 +116,7 @@ class NodeService:
         self.store = store
         self.seed, self.reload_config, self.snapshot_every = seed, reload_config, snapshot_every
         self.manual_clock = isinstance(coordinator.clock, ManualClock)
+        self.batch = Batch(lambda: coordinator.journal.commit())  # the journal restore opens, not today's
 
     @property
     def config(self) -> Config:
@@ -124,10 +127,9 @@ class NodeService:
 
     async def _durable(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> tuple[T, int | None]:
         """`call`'s result once what it journaled is on disk (a repeat too: its first answer may
-        still be on its way), and the journal position for its log line."""
-        result, lsn = self.decisions.journaled(call, *args, **kwargs)
-        await self.coordinator.journal.commit()
-        return result, lsn
+        still be on its way), and the journal position for its log line; run with the other
+        calls of this loop turn (`Batch`)."""
+        return await self.batch.run(partial(self.decisions.journaled, call, *args, **kwargs))
 
     async def check(self, req: CheckRequest, digest: bytes) -> tuple[CheckResponse, bool, int | None, int]:
         (response, repeated), lsn = await self._durable(self.coordinator.check, req, digest)
