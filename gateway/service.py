@@ -37,9 +37,11 @@ log = logging.getLogger("flashguard")
 
 SWEEP_INTERVAL = 1.0
 # Orders the sweeper looks at in one synchronous step of retiring or packing them: about 1 ms of
-# retiring, 2,000 × 22 µs = 44 ms of packing would be too long a pause, so packing takes 100.
+# retiring, 2,000 × 22 µs = 44 ms of packing would be too long a pause, so packing takes 100; and
+# idle subjects it encodes in one step of resting them (about 3 µs each).
 RETIRE_CHUNK = 2_000
 PACK_CHUNK = 100
+REST_CHUNK = 500
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -190,14 +192,20 @@ class NodeService:
         await self._tidy()
 
     async def _tidy(self) -> dict[str, int]:
-        """Retire the settled orders past `settings.order_retention` and pack those settled a minute
-        ago, in synchronous steps of at most RETIRE_CHUNK / PACK_CHUNK orders with the loop free
-        between them, and at most one pass over the book a round. Neither journals anything: both
-        are pure functions of the state and its time (see `OrderBook`). Returns what it did."""
+        """Retire the settled orders past `settings.order_retention`, pack those settled a minute
+        ago and put the subjects idle for a period to rest, in synchronous steps of at most
+        RETIRE_CHUNK / PACK_CHUNK orders and REST_CHUNK subjects with the loop free between them,
+        and at most one pass over the book (and over the idle subjects) a round. None journals
+        anything: each is a pure function of the state and its time, or only changes how it is
+        kept in memory (see `OrderBook` and `Ledger`). Returns what it did."""
         coordinator = self.coordinator
-        done = {"looked": 0, "retired": 0, "packed": 0, "steps": 0}
-        for what, step, chunk in (("retired", coordinator.retire_step, RETIRE_CHUNK), ("packed", coordinator.pack_step, PACK_CHUNK)):
-            budget = len(coordinator.orders) + 1
+        done = {"looked": 0, "retired": 0, "packed": 0, "rested": 0, "steps": 0}
+        for what, step, chunk, size in (
+            ("retired", coordinator.retire_step, RETIRE_CHUNK, len(coordinator.orders)),
+            ("packed", coordinator.pack_step, PACK_CHUNK, len(coordinator.orders)),
+            ("rested", coordinator.rest_step, REST_CHUNK, len(coordinator.ledger.idle)),
+        ):
+            budget = size + 1
             more = True
             while more and budget > 0:
                 looked, changed, more = step(chunk)

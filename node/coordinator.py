@@ -195,6 +195,10 @@ class Coordinator:
         """One synchronous step of packing settled orders (the sweeper's): see `OrderBook.pack_step`."""
         return self.orders.pack_step(self.clock.now() - self.orders.PACK_AFTER, limit)
 
+    def rest_step(self, limit: int) -> tuple[int, int, bool]:
+        """One synchronous step of putting idle subjects to rest (the sweeper's): see `Ledger.rest_step`."""
+        return self.ledger.rest_step(self.clock.now(), limit)
+
     def adopt(self, config: Config, ledger: Ledger, orders: OrderBook) -> None:
         """Take over restored state (a snapshot) as a whole."""
         self.config, self.ledger, self.orders = config, ledger, orders

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from actors.subject import SubjectActor
 from actors.window import SMALL, Window
 from domain.types import SEP, key
 from tests.conftest import ADDRESS, T0, Gateway, MakeGateway, base_config, item, order
@@ -690,22 +691,27 @@ async def test_village_buying_through_many_accounts_is_stopped_by_an_address_tow
 # -- memory: old events are dropped --------------------------------------------------------------
 
 
+def _found(actor: SubjectActor | None) -> SubjectActor:
+    assert actor is not None
+    return actor
+
+
 @pytest.mark.node_only  # looks into the single node's memory
 async def test_sweep_drops_a_window_past_its_length(gw_factory: MakeGateway) -> None:
     gw = await gw_factory(rules_config(rule(max_quantity=5), rule("R2", subject="address:town", max_quantity=5)))
     await placed(gw, order(item("S1", 2), address=ADDRESS))
-    subjects = gw.coordinator.ledger.subjects
+    find = gw.coordinator.ledger.find  # through every tier: the sweeper may have put some to rest
     town, user = key("address:town", TOWN), key("user", "u1")
-    assert list(subjects[town].windows) == [key("", "", str(HOUR))]
-    assert list(subjects[user].windows) == [key("", "", str(HOUR))]
+    assert list(_found(find(town)).windows) == [key("", "", str(HOUR))]
+    assert list(_found(find(user)).windows) == [key("", "", str(HOUR))]
     await gw.advance(HOUR - 1)
     gw.coordinator.expire_due(gw.clock.now())
-    assert subjects[town].windows[key("", "", str(HOUR))].total == 2
+    assert _found(find(town)).windows[key("", "", str(HOUR))].total == 2
     await gw.advance(1)  # the clock endpoint sweeps what is due
     gw.coordinator.expire_due(gw.clock.now())
     # The town counted nothing else: its actor is gone. The user keeps its lifetime counters.
-    assert town not in subjects
-    assert subjects[user].windows == {}
+    assert find(town) is None
+    assert _found(find(user)).windows == {}
     assert (await gw.user("u1"))["counters"]["sku"] == {"S1": 2}
 
 
@@ -717,13 +723,13 @@ async def test_sweep_drops_only_the_events_that_left(gw_factory: MakeGateway) ->
     await placed(gw, order(item("S1", 3), user="u2", ip="10.0.0.1"))
     await gw.advance(1800)
     gw.coordinator.expire_due(gw.clock.now())
-    window = gw.coordinator.ledger.subjects[key("ip", "10.0.0.1")].windows[key("", "", str(HOUR))]
+    window = _found(gw.coordinator.ledger.find(key("ip", "10.0.0.1"))).windows[key("", "", str(HOUR))]
     # Dropped by the sweep itself, before anything reads the window.
     assert window.total == 3
     assert window.next_expiry() == T0 + 1800 + HOUR
     await gw.advance(1800)
     gw.coordinator.expire_due(gw.clock.now())
-    assert key("ip", "10.0.0.1") not in gw.coordinator.ledger.subjects
+    assert gw.coordinator.ledger.find(key("ip", "10.0.0.1")) is None
 
 
 @pytest.mark.node_only  # looks into the single node's memory
@@ -731,10 +737,11 @@ async def test_many_subjects_are_all_dropped_after_the_window(gw_factory: MakeGa
     gw = await gw_factory(rules_config(rule(subject="ip", max_quantity=1), rule("R2", subject="device", max_quantity=1)))
     for n in range(50):
         await placed(gw, order(item("S1", 1), user=f"u{n}", ip=f"10.0.1.{n}", device=f"d{n}"))
-    subjects = gw.coordinator.ledger.subjects
-    assert sum(1 for k in subjects if k.startswith(key("ip", ""))) == 50
+    ledger = gw.coordinator.ledger
+    assert sum(1 for k in ledger.all_subjects() if k.startswith(key("ip", ""))) == 50
     await gw.advance(HOUR)
     gw.coordinator.expire_due(gw.clock.now())
+    subjects = ledger.all_subjects()
     assert [k for k in subjects if k.startswith(key("ip", ""))] == []
     # Devices keep their lifetime SKU counters but no windows.
     assert all(not subjects[key("device", f"d{n}")].windows for n in range(50))
@@ -758,7 +765,7 @@ async def test_busy_window_is_exact_at_the_edge_and_emptied_after(gw_factory: Ma
     assert await windowed(gw, "device", "d1", HOUR) == 2
     await gw.advance(HOUR)
     gw.coordinator.expire_due(gw.clock.now())
-    assert gw.coordinator.ledger.subjects[key("device", "d1")].windows == {}
+    assert _found(gw.coordinator.ledger.find(key("device", "d1"))).windows == {}
 
 
 @pytest.mark.node_only  # looks into the single node's memory
@@ -776,7 +783,7 @@ async def test_subjects_whose_orders_all_ended_leave_nothing_behind(gw_factory: 
     assert (await gw.get(expired["order_id"]))["state"] == "expired"
     await gw.advance(HOUR)
     gw.coordinator.expire_due(gw.clock.now())
-    assert sorted(gw.coordinator.ledger.subjects) == []
+    assert sorted(gw.coordinator.ledger.all_subjects()) == []
 
 
 @given(
