@@ -118,7 +118,7 @@ class NodeService:
         self.store = store
         self.seed, self.reload_config, self.snapshot_every = seed, reload_config, snapshot_every
         self.manual_clock = isinstance(coordinator.clock, ManualClock)
-        self.batch = Batch(lambda: coordinator.journal.commit())  # the journal restore opens, not today's
+        self.batch = Batch(lambda: coordinator.journal.commit())  # looked up at each commit: restore replaces the journal
 
     @property
     def config(self) -> Config:
@@ -183,7 +183,7 @@ class NodeService:
 
     async def _sweep(self) -> None:
         """Drain the expiry heap between requests (and flush the decision log), then retire and
-        pack settled orders (`_tidy`)."""
+        pack settled orders and put idle subjects to rest (`_tidy`)."""
         await self.decisions.flush_soon()
         journal = self.coordinator.journal
         if journal.writable() or await journal.retry():

@@ -51,7 +51,7 @@ def region_parts(address: Address) -> tuple[str, ...]:
 @lru_cache(maxsize=REGIONS_CACHED)
 def _region(*levels: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The parts and their prefixes ('zhejiang', 'zhejiang/hangzhou', ...), folded once per region:
-    a sale's millions of addresses name a few thousand regions (China has about 41,000 towns)."""
+    a sale's millions of addresses name a few thousand regions (China has about 40,000 towns)."""
     parts = [fold(p).replace("/", "") if p else "" for p in levels]
     while parts and not parts[-1]:
         parts.pop()
