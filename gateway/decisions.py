@@ -270,10 +270,16 @@ class DecisionLog:
             handed.result()
 
     async def flush_soon(self) -> None:
-        """The sweeper's flush: the writer thread writes while the loop goes on answering."""
+        """The sweeper's flush: the writer thread writes while the loop goes on answering. A write
+        that fails (a full disk) loses its lines from the files, not from memory, and is logged:
+        the rest of the sweeper's round (expiry, packing, resting) goes on."""
         handed = self._hand_off()
-        if handed is not None:
+        if handed is None:
+            return
+        try:
             await asyncio.shield(asyncio.wrap_future(handed))  # a sweeper cancelled at shutdown still writes them
+        except OSError as e:
+            log.error("decision log: lines could not be written and are lost from its files (the journal keeps the records): %s", e)
 
     def close(self) -> None:
         self.flush()

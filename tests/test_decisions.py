@@ -121,6 +121,33 @@ async def test_the_sweepers_flush_writes_on_a_thread_of_its_own_in_order(tmp_pat
     assert writers and all(name.startswith("flashguard-decisions") for name in writers)
 
 
+async def test_a_full_disk_costs_the_log_those_lines_and_the_next_write_goes_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The log is an observer: a write that fails (the disk full) is logged and its lines are lost
+    from the files (the journal still has their records); the sweeper's round goes on, and so does
+    the next write."""
+    log = DecisionLog(tmp_path, Stats())
+    writev = os.writev
+
+    def full(fd: int, buffers: list[bytes]) -> int:
+        raise OSError(28, "No space left on device")
+
+    log.transition("confirm", _confirmed(0), T0)
+    await log.flush_soon()  # the file and its checkpoint
+    monkeypatch.setattr(os, "writev", full)
+    log.transition("confirm", _confirmed(1), T0)
+    await log.flush_soon()
+    assert "No space left on device" in caplog.text
+    monkeypatch.setattr(os, "writev", writev)
+    log.transition("confirm", _confirmed(2), T0)
+    await log.flush_soon()
+    log.close()
+    lines = [json.loads(line) for f in sorted(tmp_path.glob("decisions-*.jsonl")) for line in f.read_text().splitlines()]
+    assert [line["order_id"] for line in lines] == ["o0", "o2"]
+    assert [e["order_id"] for e in log.search(None, None, None, None, 10)] == ["o2", "o1", "o0"]  # memory kept them all
+
+
 async def _log_traffic(gw: Gateway) -> None:
     """Five users buy two units each, one at a time; each first order is confirmed."""
     for u in range(5):
