@@ -12,7 +12,11 @@ benchmark's 2-core VM), and a turn's calls share one commit instead of queueing 
 Nothing changes for a caller: `run` returns its call's result once what the call journaled is
 durable, or raises what the call raised (at once: a refused call acknowledges nothing) or the
 commit's `DiskError`. The calls never await, so a batch is still one uninterrupted step of the
-single writer.
+single writer. Callers wake in the order their calls ran, across turns too: a turn's commit can
+return before an earlier turn's has woken its callers (the writer made both durable in one
+round), so each turn's settling waits for the one before it. The decision log relies on it: its
+lines follow their journal positions, and a start writes again only the records past the last
+position the log holds.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ class Batch:
     def __init__(self, commit: Callable[[], Awaitable[None]]) -> None:
         self._commit = commit
         self._queued: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
-        self._settling: set[asyncio.Task[None]] = set()  # strong references until each is done
+        self._last: asyncio.Task[None] | None = None  # the latest turn's settling: the next waits for it
 
     async def run(self, call: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -42,26 +46,32 @@ class Batch:
         queued, self._queued = self._queued, []
         done: list[tuple[asyncio.Future[Any], Any]] = []
         for call, future in queued:
+            if future.cancelled():  # its caller went away before it ran: nothing to answer, nothing to do
+                continue
             try:
                 done.append((future, call()))
             except Exception as e:
-                if not future.done():  # its caller may have gone (a cancelled request)
-                    future.set_exception(e)
+                future.set_exception(e)
         if done:
-            task = asyncio.ensure_future(self._settle(done))
-            self._settling.add(task)
-            task.add_done_callback(self._settling.discard)
+            self._last = asyncio.ensure_future(self._settle(self._last, done))
 
-    async def _settle(self, done: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    async def _settle(self, previous: asyncio.Task[None] | None, done: list[tuple[asyncio.Future[Any], Any]]) -> None:
+        failure: Exception | None = None
         try:
-            await self._commit()
-        except BaseException as e:  # DiskError, or the loop closing: every caller hears of it
+            try:
+                await self._commit()
+            except Exception as e:  # DiskError: every caller of the turn hears of it
+                failure = e
+            if previous is not None and not previous.done():
+                await asyncio.wait([previous])
+        except BaseException:  # the loop closing: no caller is left waiting
             for future, _ in done:
-                if not future.done():
-                    future.set_exception(e) if isinstance(e, Exception) else future.cancel()
-            if not isinstance(e, Exception):
-                raise
-            return
+                future.cancel()
+            raise
         for future, result in done:
-            if not future.done():
+            if future.done():  # its caller went away meanwhile
+                continue
+            if failure is not None:
+                future.set_exception(failure)
+            else:
                 future.set_result(result)

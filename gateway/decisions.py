@@ -163,11 +163,9 @@ class DecisionLog:
 
     def journaled(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> tuple[T, int | None]:
         """`call`'s result, and the position of the last journal record it appended, for the line
-        about it. Lines then come in the order of their positions: each is added as its commit
-        returns, and a commit covering a record it appended returns after every earlier one (the
-        journal wakes them in order). A call that appended nothing (a repeated confirm) gets None:
-        its commit may return at once, before an earlier call's, whose line would then follow a
-        position that claims it."""
+        about it. Lines then come in the order of their positions: each is added as its caller
+        wakes, and callers wake in the order their calls ran (`gateway.batch`). A call that
+        appended nothing (a repeated confirm) gets None: no position is claimed for it."""
         journal = self.journal
         if journal is None:
             return call(*args, **kwargs), None

@@ -53,6 +53,30 @@ async def test_a_later_turn_is_a_batch_of_its_own() -> None:
     assert log.commits == [["a"], ["a", "b", "c"]]
 
 
+async def test_a_later_turns_callers_never_wake_before_an_earlier_turns() -> None:
+    """The journal's writer can make two turns durable in one round, and the later turn's commit
+    then return first: its callers still wake after the earlier turn's, so the decision log's
+    lines keep following their journal positions."""
+    log = Commits()
+    slow = [5, 0]  # the first turn's commit takes five ticks, the second's none
+
+    async def commit() -> None:
+        for _ in range(slow.pop(0)):
+            await asyncio.sleep(0)
+
+    batch = Batch(commit)
+    woke: list[str] = []
+
+    async def caller(name: str) -> None:
+        woke.append(await batch.run(lambda: log.call(name)))
+
+    first = [asyncio.ensure_future(caller(n)) for n in "ab"]
+    await asyncio.sleep(0)  # the first turn ran its calls and awaits its commit
+    second = [asyncio.ensure_future(caller(n)) for n in "cd"]
+    await asyncio.gather(*first, *second)
+    assert woke == ["A", "B", "C", "D"]
+
+
 async def test_a_refused_call_answers_its_own_error_at_once_and_the_others_go_through() -> None:
     log = Commits()
     batch = Batch(log.commit)
@@ -78,14 +102,22 @@ async def test_a_failed_commit_reaches_every_caller_of_the_batch() -> None:
     assert await batch.run(lambda: log.call("c")) == "C"  # the next turn commits again
 
 
-async def test_a_caller_that_went_away_leaves_the_batch_whole() -> None:
+async def test_a_caller_that_went_away_before_its_call_ran_changes_nothing() -> None:
+    """Nobody would hear its answer, and its decision-log line would never be written: it does
+    not run. A caller that goes away after its call ran finds its change made (and journaled)."""
     log = Commits()
     batch = Batch(log.commit)
     gone = asyncio.ensure_future(batch.run(lambda: log.call("a")))
     stays = asyncio.ensure_future(batch.run(lambda: log.call("b")))
-    await asyncio.sleep(0)  # both queued
+    await asyncio.sleep(0)  # both queued, not yet run
     gone.cancel()
     assert await stays == "B"
-    assert log.ran == ["a", "b"]  # the call ran all the same: its change is journaled like any other
+    assert log.ran == ["b"]
     with pytest.raises(asyncio.CancelledError):
         await gone
+    late = asyncio.ensure_future(batch.run(lambda: log.call("c")))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # its call ran; its commit is on its way
+    late.cancel()
+    assert await batch.run(lambda: log.call("d")) == "D"
+    assert log.ran == ["b", "c", "d"]
