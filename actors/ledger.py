@@ -167,7 +167,7 @@ class Ledger:
         if confirmed is not None:
             self.unconfirm_totals(user_key, fp, confirmed)
         for skey in {*fp.subjects, *(w[0] for w in fp.windows)}:
-            subject = self.subjects.get(skey)  # all of them were just touched: none is cold
+            subject = self.subjects.get(skey)  # all of them were just touched: none is idle or cold
             if subject is not None and subject.is_empty():
                 del self.subjects[skey]
 

@@ -144,8 +144,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    app[DECISIONS].flush()  # before the final snapshot prunes the journal that could write its lines again
     try:
+        app[DECISIONS].flush()  # before the final snapshot prunes the journal that could write its lines again
         await service.stop()
     finally:
         app[DECISIONS].close()

@@ -47,7 +47,7 @@ log = logging.getLogger("flashguard.decisions")
 
 ROTATE_BYTES = 64 * 1024 * 1024
 KEEP_FILES = 20
-IOV = 512  # lines per writev: under the kernel's IOV_MAX (1024)
+IOV = 512  # buffers per writev (a line and its newline are two), under the kernel's IOV_MAX (1024)
 IN_MEMORY = 10_000
 CHECKPOINT = "figures.json"
 # The journal records that are not admin changes, which change the configuration's version.
@@ -268,16 +268,10 @@ class DecisionLog:
             handed.result()
 
     async def flush_soon(self) -> None:
-        """The sweeper's flush: the writer thread writes while the loop goes on answering. A write
-        that fails (a full disk) loses its lines from the files, not from memory, and is logged:
-        the rest of the sweeper's round (expiry, packing, resting) goes on."""
+        """The sweeper's flush: the writer thread writes while the loop goes on answering."""
         handed = self._hand_off()
-        if handed is None:
-            return
-        try:
+        if handed is not None:
             await asyncio.shield(asyncio.wrap_future(handed))  # a sweeper cancelled at shutdown still writes them
-        except OSError as e:
-            log.error("decision log: lines could not be written and are lost from its files (the journal keeps the records): %s", e)
 
     def close(self) -> None:
         self.flush()
@@ -303,7 +297,16 @@ class DecisionLog:
         return self._writer.submit(self._write, self.directory, self._file, lines, checkpoint)
 
     def _write(self, directory: Path, path: Path, lines: list[bytes], checkpoint: _Checkpoint | None) -> None:
-        """In the writer thread (`writev` copies the lines straight from their buffers)."""
+        """In the writer thread. The log is an observer: a write that fails (a full disk) is logged
+        and loses its lines from the files, not from memory (the journal keeps their records), and
+        nothing that waits for it (the sweeper's round, a snapshot, the shutdown) stops there."""
+        try:
+            self._append(directory, path, lines, checkpoint)
+        except OSError as e:
+            log.error("decision log: %d lines could not be written to %s and are lost from the files: %s", len(lines) // 2, path.name, e)
+
+    def _append(self, directory: Path, path: Path, lines: list[bytes], checkpoint: _Checkpoint | None) -> None:
+        """`writev` copies the lines straight from their buffers."""
         if checkpoint is not None:
             for old in self.files()[KEEP_FILES - 1 :]:
                 old.unlink(missing_ok=True)
@@ -451,7 +454,10 @@ class DecisionLog:
         for line in reversed(self.recent):
             yield msgspec.json.decode(line)
         for path in self.files():
-            lines = path.read_bytes().splitlines()
+            try:
+                lines = path.read_bytes().splitlines()
+            except FileNotFoundError:  # the writer thread pruned it since the listing
+                continue
             for line in reversed(lines):
                 try:
                     entry = msgspec.json.decode(line)

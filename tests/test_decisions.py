@@ -148,6 +148,18 @@ async def test_a_full_disk_costs_the_log_those_lines_and_the_next_write_goes_thr
     assert [e["order_id"] for e in log.search(None, None, None, None, 10)] == ["o2", "o1", "o0"]  # memory kept them all
 
 
+async def test_a_search_skips_a_file_pruned_after_it_was_listed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Old files are pruned by the writer thread while the loop may be searching."""
+    log = DecisionLog(tmp_path, Stats())
+    log.transition("confirm", _confirmed(0), T0)
+    log.flush()
+    listed = log.files()
+    monkeypatch.setattr(log, "files", lambda: [tmp_path / "decisions-00000000-000000-000000000.jsonl", *listed])
+    log.recent.clear()  # everything from the files
+    assert [e["order_id"] for e in log.search(None, None, None, None, 10)] == ["o0"]
+    log.close()
+
+
 async def _log_traffic(gw: Gateway) -> None:
     """Five users buy two units each, one at a time; each first order is confirmed."""
     for u in range(5):
