@@ -14,7 +14,8 @@ durable, or raises what the call raised (at once: a refused call acknowledges no
 commit's `DiskError`. The calls never await, so a batch is still one uninterrupted step of the
 single writer. Callers wake in the order their calls ran, across turns too: a turn's commit can
 return before an earlier turn's has woken its callers (the writer made both durable in one
-round), so each turn's settling waits for the one before it. The decision log relies on it: its
+round), so turns are answered from a queue, in order, each once it and every turn before it are
+committed. The decision log relies on it: its
 lines follow their journal positions, and a start writes again only the records past the last
 position the log holds.
 """
@@ -22,17 +23,29 @@ position the log holds.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class _Turn:
+    """One turn's callers and their calls' results, waiting for the turn's commit."""
+
+    done: list[tuple[asyncio.Future[Any], Any]]
+    committed: bool = False
+    failure: Exception | None = None  # the commit's DiskError: every caller of the turn hears of it
+    task: asyncio.Task[None] | None = field(default=None, repr=False)  # a strong reference while it runs
 
 
 class Batch:
     def __init__(self, commit: Callable[[], Awaitable[None]]) -> None:
         self._commit = commit
         self._queued: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
-        self._last: asyncio.Task[None] | None = None  # the latest turn's settling: the next waits for it
+        self._turns: deque[_Turn] = deque()  # turns not yet answered, in the order their calls ran
 
     async def run(self, call: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -53,25 +66,28 @@ class Batch:
             except Exception as e:
                 future.set_exception(e)
         if done:
-            self._last = asyncio.ensure_future(self._settle(self._last, done))
+            turn = _Turn(done)
+            self._turns.append(turn)
+            turn.task = asyncio.ensure_future(self._settle(turn))
 
-    async def _settle(self, previous: asyncio.Task[None] | None, done: list[tuple[asyncio.Future[Any], Any]]) -> None:
-        failure: Exception | None = None
+    async def _settle(self, turn: _Turn) -> None:
         try:
-            try:
-                await self._commit()
-            except Exception as e:  # DiskError: every caller of the turn hears of it
-                failure = e
-            if previous is not None and not previous.done():
-                await asyncio.wait([previous])
+            await self._commit()
+        except Exception as e:
+            turn.failure = e
         except BaseException:  # the loop closing: no caller is left waiting
-            for future, _ in done:
+            for future, _ in turn.done:
                 future.cancel()
             raise
-        for future, result in done:
-            if future.done():  # its caller went away meanwhile
-                continue
-            if failure is not None:
-                future.set_exception(failure)
-            else:
-                future.set_result(result)
+        turn.committed = True
+        turns = self._turns
+        while turns and turns[0].committed:  # answer every committed turn up to the first that is not
+            answered = turns.popleft()
+            for future, result in answered.done:
+                if future.done():  # its caller went away meanwhile
+                    continue
+                if answered.failure is not None:
+                    future.set_exception(answered.failure)
+                else:
+                    future.set_result(result)
+            answered.task = None
