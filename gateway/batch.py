@@ -15,9 +15,8 @@ commit's `DiskError`. The calls never await, so a batch is still one uninterrupt
 single writer. Callers wake in the order their calls ran, across turns too: a turn's commit can
 return before an earlier turn's has woken its callers (the writer made both durable in one
 round), so turns are answered from a queue, in order, each once it and every turn before it are
-committed. The decision log relies on it: its
-lines follow their journal positions, and a start writes again only the records past the last
-position the log holds.
+committed. The decision log relies on it: its lines follow their journal positions, and a start
+writes again only the records past the last position the log holds.
 """
 
 from __future__ import annotations

@@ -45,19 +45,20 @@ def region_parts(address: Address) -> tuple[str, ...]:
     """province/city/district/town folded (a '/' inside a part dropped: it separates the parts),
     trailing missing levels dropped. A missing level in between is an empty part, so a town
     directly under a city keeps its place."""
-    return _region(address.province, address.city, address.district, address.town)[0]
+    return _region(address)[0]
 
 
 Region = tuple[tuple[str, ...], tuple[str, ...]]  # the folded parts, and their prefixes
 _regions: dict[tuple[str | None, ...], Region] = {}
 
 
-def _region(*levels: str | None) -> Region:
+def _region(address: Address) -> Region:
     """The parts and their prefixes ('zhejiang', 'zhejiang/hangzhou', ...), folded once per region:
     a sale's millions of addresses name a few thousand regions (China has about 40,000 towns),
     and folding four Chinese parts (NFKC) cost 0.9 µs a check. Kept: the last REGIONS_CACHED
     regions of at most REGION_CACHED_LENGTH characters, raw and folded, so that buyers' input
     (parts of up to 256 characters, some of which NFKC expands 18-fold) cannot fill memory."""
+    levels = (address.province, address.city, address.district, address.town)
     found = _regions.get(levels)
     if found is None:
         found = _fold_region(levels)
@@ -97,7 +98,7 @@ def order_subjects(req: CheckRequest) -> Subjects:
         out.phone = phone
     address = receiver.address
     if address is not None:
-        parts, prefixes = _region(address.province, address.city, address.district, address.town)
+        parts, prefixes = _region(address)
         out.prefixes = prefixes
         for level, prefix, depth in _REGIONS:
             if depth <= len(parts) and parts[depth - 1]:
